@@ -1,0 +1,10 @@
+//! Subsidy ledger server: the HTTP API over ledger-core.
+
+pub mod app;
+pub mod auth;
+pub mod body;
+pub mod clock;
+pub mod error;
+pub mod pii;
+pub mod registry;
+pub mod routes;

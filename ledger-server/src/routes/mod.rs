@@ -1,0 +1,13 @@
+//! The `/v1` endpoints, one module per area of API.md.
+
+use crate::app::AppState;
+use utoipa_axum::router::OpenApiRouter;
+
+pub mod audit;
+pub mod setup;
+
+pub fn router() -> OpenApiRouter<AppState> {
+    OpenApiRouter::new()
+        .merge(setup::router())
+        .merge(audit::router())
+}
