@@ -68,11 +68,38 @@ pub trait Lookup {
     fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, CommandError>;
 }
 
+/// What moved through one elder account, by entry kind (for balance and report views).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct KindTotals {
+    pub issued: Fen,
+    pub charged: Fen,
+    pub offset: Fen,
+    pub refunded: Fen,
+    pub forfeited: Fen,
+}
+
+impl KindTotals {
+    fn add(&mut self, kind: EntryKind, amount: Fen) {
+        let slot = match kind {
+            EntryKind::Issue => &mut self.issued,
+            EntryKind::Charge => &mut self.charged,
+            EntryKind::Offset => &mut self.offset,
+            EntryKind::Refund => &mut self.refunded,
+            EntryKind::Forfeit => &mut self.forfeited,
+            EntryKind::Payout => return,
+        };
+        *slot = slot
+            .checked_add(amount)
+            .expect("per-kind totals are bounded by the account's checked postings");
+    }
+}
+
 /// The live state: balances of every account, the pending holds, closed years, the chain
 /// head and the Merkle tree. Rebuilt from storage on open.
 #[derive(Debug)]
 pub struct State {
     balances: HashMap<AccountId, Balance>,
+    elder_totals: HashMap<AccountId, KindTotals>,
     pending: HashMap<String, HoldRecord>,
     expiry: BTreeSet<(i64, String)>,
     pending_by_account: HashMap<AccountId, Vec<String>>,
@@ -87,6 +114,7 @@ impl Default for State {
     fn default() -> Self {
         State {
             balances: HashMap::new(),
+            elder_totals: HashMap::new(),
             pending: HashMap::new(),
             expiry: BTreeSet::new(),
             pending_by_account: HashMap::new(),
@@ -126,9 +154,24 @@ impl State {
             *b = post_to(*b, p.side, p.amount)
                 .expect("a stored entry's postings were checked for overflow when written");
         }
+        self.count_elder_totals(entry);
         self.next_seq += 1;
         self.head_hash = entry.hash;
         self.merkle.push(entry.hash);
+    }
+
+    fn count_elder_totals(&mut self, entry: &Entry) {
+        for p in entry.postings.iter().filter(|p| p.account.is_elder()) {
+            self.elder_totals
+                .entry(p.account.clone())
+                .or_default()
+                .add(entry.kind, p.amount);
+        }
+    }
+
+    /// What moved through an elder account, by kind.
+    pub fn elder_totals(&self, account: &AccountId) -> KindTotals {
+        self.elder_totals.get(account).copied().unwrap_or_default()
     }
 
     /// Restores a pending hold (on open).
@@ -188,6 +231,7 @@ impl State {
         }
         for entry in &delta.entries {
             assert_eq!(entry.seq, self.next_seq, "merged batch out of order");
+            self.count_elder_totals(entry);
             self.next_seq += 1;
             self.head_hash = entry.hash;
             self.merkle.push(entry.hash);

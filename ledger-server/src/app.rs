@@ -35,6 +35,8 @@ pub struct AppState {
     pub clock: Arc<ServerClock>,
     pub pii: Arc<Pii>,
     pub config: Arc<Config>,
+    /// Serialises issuance and closes (each is a long bulk job whose counts must be exact).
+    pub jobs: Arc<tokio::sync::Mutex<()>>,
 }
 
 impl AppState {

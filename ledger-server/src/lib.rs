@@ -7,4 +7,5 @@ pub mod clock;
 pub mod error;
 pub mod pii;
 pub mod registry;
+pub mod reports;
 pub mod routes;

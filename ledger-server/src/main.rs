@@ -122,6 +122,7 @@ fn serve(
             data_dir: data,
             hold_ttl_secs,
         }),
+        jobs: Arc::default(),
     };
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
