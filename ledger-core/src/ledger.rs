@@ -256,6 +256,11 @@ impl Ledger {
             .collect()
     }
 
+    /// What moved through an elder account, by entry kind (durable entries only).
+    pub fn elder_totals(&self, account: &AccountId) -> crate::engine::KindTotals {
+        read_state(&self.shared).elder_totals(account)
+    }
+
     /// Elder accounts of `year` (for the year close).
     pub fn elder_accounts(&self, year: Year) -> Vec<(AccountId, Balance)> {
         let state = read_state(&self.shared);

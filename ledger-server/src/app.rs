@@ -34,6 +34,8 @@ pub struct AppState {
     pub registry: Arc<Registry>,
     pub clock: Arc<ServerClock>,
     pub pii: Arc<Pii>,
+    pub settlement: Arc<crate::settlement::Settlement>,
+    pub sms: Arc<dyn crate::sms::SmsSender>,
     pub config: Arc<Config>,
     /// Serialises issuance and closes (each is a long bulk job whose counts must be exact).
     pub jobs: Arc<tokio::sync::Mutex<()>>,

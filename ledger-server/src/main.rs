@@ -39,6 +39,9 @@ enum Command {
         /// Seconds a charge's hold lives before it expires.
         #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u32).range(1..=86_400))]
         hold_ttl: u32,
+        /// Where SMS codes go: `outbox` appends JSON lines to DIR/sms-outbox.jsonl.
+        #[arg(long, default_value = "outbox")]
+        sms: String,
     },
 }
 
@@ -58,7 +61,8 @@ fn main() -> anyhow::Result<()> {
             listen,
             clock,
             hold_ttl,
-        } => serve(data, listen, clock, hold_ttl),
+            sms,
+        } => serve(data, listen, clock, hold_ttl, sms),
     }
 }
 
@@ -98,6 +102,7 @@ fn serve(
     listen: SocketAddr,
     clock_mode: ClockMode,
     hold_ttl_secs: u32,
+    sms: String,
 ) -> anyhow::Result<()> {
     let clock = Arc::new(ServerClock::new(&clock_mode));
     tracing::info!(dir = %data.display(), "opening the store and verifying the chain head");
@@ -113,11 +118,20 @@ fn serve(
         clock.catch_up(ledger_core::fiscal::parse_timestamp(&text)?);
     }
     let registry = Arc::new(Registry::load(ledger.clone())?);
+    let settlement = Arc::new(ledger_server::settlement::Settlement::load(ledger.clone())?);
+    let sms: Arc<dyn ledger_server::sms::SmsSender> = match sms.as_str() {
+        "outbox" => Arc::new(ledger_server::sms::Outbox::new(&data)),
+        other => anyhow::bail!(
+            "--sms {other}: only `outbox` is available in this build (SMPP and HTTP gateways: issue 7)"
+        ),
+    };
     let state = AppState {
         ledger,
         registry,
         clock,
         pii: Arc::new(Pii::open(&data)?),
+        settlement,
+        sms,
         config: Arc::new(Config {
             data_dir: data,
             hold_ttl_secs,

@@ -2,6 +2,8 @@
 //! 127.0.0.1:0 with a temp data dir and a manual clock, read its address from the
 //! `listening on` line, talk HTTP to it, and kill it on drop.
 
+pub mod city;
+
 use serde_json::Value;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
@@ -33,6 +35,8 @@ pub fn bin_dir() -> &'static Path {
                 "ledger-server",
                 "-p",
                 "ledger-core",
+                "-p",
+                "card-reader",
                 "--bins",
             ])
             .status()
@@ -69,6 +73,8 @@ pub struct Server {
     pub addr: String,
     pub data: PathBuf,
     pub admin_key: String,
+    /// The server's stderr log, when started with [`Server::start_logged`].
+    pub log: Option<PathBuf>,
     client: reqwest::blocking::Client,
     _dir: Option<tempfile::TempDir>,
 }
@@ -102,16 +108,42 @@ impl Server {
         server
     }
 
+    /// Like [`Server::start`], with the server's stderr (at `RUST_LOG=debug`) written to a
+    /// file beside the data dir, so a test can read what the server logged.
+    pub fn start_logged(start: &str) -> Server {
+        let (dir, key) = init();
+        let data = dir.path().join("data");
+        let log = dir.path().join("server.log");
+        let mut server = Server::serve_with(
+            &data,
+            &key,
+            &[&format!("--clock=manual:{start}")],
+            Some(&log),
+        );
+        server._dir = Some(dir);
+        server
+    }
+
     /// Serves an existing store with extra arguments.
     pub fn serve(data: &Path, admin_key: &str, args: &[&str]) -> Server {
-        let mut child = Command::new(bin("ledger-server"))
+        Server::serve_with(data, admin_key, args, None)
+    }
+
+    fn serve_with(data: &Path, admin_key: &str, args: &[&str], log: Option<&Path>) -> Server {
+        let mut command = Command::new(bin("ledger-server"));
+        command
             .args(["serve", "--listen", "127.0.0.1:0", "--data"])
             .arg(data)
             .args(args)
-            .stdout(Stdio::piped())
-            .stderr(Stdio::inherit())
-            .spawn()
-            .expect("starting ledger-server serve");
+            .stdout(Stdio::piped());
+        match log {
+            Some(path) => {
+                let file = std::fs::File::create(path).expect("creating the server log");
+                command.env("RUST_LOG", "debug").stderr(file)
+            }
+            None => command.stderr(Stdio::inherit()),
+        };
+        let mut child = command.spawn().expect("starting ledger-server serve");
         let stdout = child.stdout.take().expect("piped stdout");
         let (tx, rx) = std::sync::mpsc::channel();
         std::thread::spawn(move || {
@@ -134,6 +166,7 @@ impl Server {
             addr,
             data: data.to_path_buf(),
             admin_key: admin_key.to_string(),
+            log: log.map(Path::to_path_buf),
             client: reqwest::blocking::Client::builder()
                 .timeout(Duration::from_secs(120))
                 .build()

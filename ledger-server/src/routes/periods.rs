@@ -8,7 +8,7 @@ use crate::registry::{prefix, record, ElderCategory, ElderStatus, PeriodRecord, 
 use crate::reports::{journal, month_report, year_report};
 use axum::extract::{Path, State};
 use axum::Json;
-use chrono::{Datelike, NaiveDate};
+use chrono::NaiveDate;
 use ledger_core::command::{Command, CommandError, Outcome, Request};
 use ledger_core::fiscal::{Month, Year};
 use ledger_core::{Fen, Ledger};
@@ -37,15 +37,6 @@ fn parse_month(text: &str) -> Result<Month, ApiError> {
 
 fn parse_year(text: &str) -> Result<Year, ApiError> {
     text.parse().map_err(|e| ApiError::field("year", e))
-}
-
-/// Whole years between `birth` and `on`.
-pub fn age_on(birth: NaiveDate, on: NaiveDate) -> i32 {
-    let mut age = on.year() - birth.year();
-    if (on.month(), on.day()) < (birth.month(), birth.day()) {
-        age -= 1;
-    }
-    age
 }
 
 /// Submits requests in pipelined chunks through the ledger's group commit, logging progress.
@@ -126,7 +117,7 @@ async fn issue_period(
             .filter(|e| e.status == ElderStatus::Active)
             .filter_map(|e| {
                 let birth = NaiveDate::parse_from_str(&e.birth_date, "%Y-%m-%d").ok()?;
-                let old_enough = age_on(birth, first_day) >= 90;
+                let old_enough = crate::idnumber::age_on(birth, first_day) >= 90;
                 let categories: Vec<ElderCategory> = e
                     .categories
                     .iter()
@@ -304,41 +295,43 @@ async fn close_year(
             "already_closed": false, "dry_run": true})));
     }
     tracing::info!(%year, accounts = accounts.len(), "year close started");
-    let close = submit_bulk(
-        &s.ledger,
-        vec![Request::new(
-            format!("close-year:{year}"),
-            Command::CloseYear { year },
-        )],
-        "close-year",
-    )
-    .await?
-    .pop()
-    .ok_or_else(|| ApiError::internal("no reply to close-year"))??;
-    let requests: Vec<Request> = {
+    // The close and every forfeit go into the journal as one atomic batch: no checkpoint or
+    // export can ever show a year half closed, and a crash leaves it wholly undone (rerun:
+    // every request has its own idempotency key, so nothing is forfeited twice).
+    let mut requests = vec![Request::new(
+        format!("close-year:{year}"),
+        Command::CloseYear { year },
+    )];
+    {
         let data = s.registry.read();
-        accounts
-            .iter()
-            .filter_map(|(account, _)| match account {
-                ledger_core::account::AccountId::Elder { elder_id, .. } => {
-                    let district = data.elders.get(elder_id)?.district.clone();
-                    Some(Request::new(
-                        format!("forfeit:{elder_id}:{year}"),
-                        Command::Forfeit {
-                            elder_id: elder_id.clone(),
-                            district,
-                            year,
-                        },
-                    ))
-                }
-                _ => None,
-            })
-            .collect()
-    };
-    let results = submit_bulk(&s.ledger, requests, "forfeit").await?;
+        requests.extend(accounts.iter().filter_map(|(account, _)| match account {
+            ledger_core::account::AccountId::Elder { elder_id, .. } => {
+                let district = data.elders.get(elder_id)?.district.clone();
+                Some(Request::new(
+                    format!("forfeit:{elder_id}:{year}"),
+                    Command::Forfeit {
+                        elder_id: elder_id.clone(),
+                        district,
+                        year,
+                    },
+                ))
+            }
+            _ => None,
+        }));
+    }
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    s.ledger.submit_atomic_with(requests, Vec::new(), move |r| {
+        let _ = tx.send(r);
+    });
+    let mut outcomes = rx
+        .await
+        .map_err(|_| ApiError::internal("ledger writer dropped a reply"))??
+        .into_iter();
+    let close = outcomes
+        .next()
+        .ok_or_else(|| ApiError::internal("no reply to close-year"))?;
     let (mut elders, mut total, mut voided) = (0u64, Fen::ZERO, close.voided_holds);
-    for result in results {
-        let outcome = result?;
+    for outcome in outcomes {
         voided += outcome.voided_holds;
         if outcome.amount.is_positive() {
             elders += 1;
