@@ -99,17 +99,43 @@ impl AccountId {
     }
 }
 
+impl AccountId {
+    /// Hands the account's name, as `Display` prints it, to `write` piece by piece, without
+    /// the formatting machinery (journal writers escape or copy every posting's name).
+    pub fn write_name(&self, mut write: impl FnMut(&str)) {
+        let mut with_year = |kind: &str, id: &str, year: Year| {
+            let digits = year.digits();
+            write(kind);
+            write(id);
+            write(":");
+            write(std::str::from_utf8(&digits).expect("a year's digits are ASCII"));
+        };
+        match self {
+            AccountId::Elder { elder_id, year } => with_year("elder:", elder_id, *year),
+            AccountId::Funding { district, year } => with_year("funding:", district, *year),
+            AccountId::Forfeit { district, year } => with_year("forfeit:", district, *year),
+            AccountId::ProviderPayable { provider_id } => {
+                write("provider:");
+                write(provider_id);
+                write(":payable");
+            }
+            AccountId::Settled { district } => {
+                write("settled:");
+                write(district);
+            }
+        }
+    }
+}
+
 impl fmt::Display for AccountId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        match self {
-            AccountId::Elder { elder_id, year } => write!(f, "elder:{elder_id}:{year}"),
-            AccountId::Funding { district, year } => write!(f, "funding:{district}:{year}"),
-            AccountId::ProviderPayable { provider_id } => {
-                write!(f, "provider:{provider_id}:payable")
+        let mut result = Ok(());
+        self.write_name(|piece| {
+            if result.is_ok() {
+                result = f.write_str(piece);
             }
-            AccountId::Settled { district } => write!(f, "settled:{district}"),
-            AccountId::Forfeit { district, year } => write!(f, "forfeit:{district}:{year}"),
-        }
+        });
+        result
     }
 }
 
@@ -117,14 +143,16 @@ impl FromStr for AccountId {
     type Err = AccountError;
     fn from_str(s: &str) -> Result<AccountId, AccountError> {
         let bad = || AccountError::BadName(s.to_string());
-        let parts: Vec<&str> = s.split(':').collect();
+        // Up to four parts, so that a name with too many is told apart without collecting.
+        let mut parts = s.split(':');
+        let parts = (parts.next(), parts.next(), parts.next(), parts.next());
         let year = |y: &str| y.parse::<Year>().map_err(|_| bad());
-        match parts.as_slice() {
-            ["elder", id, y] => AccountId::elder(id, year(y)?),
-            ["funding", d, y] => AccountId::funding(d, year(y)?),
-            ["provider", id, "payable"] => AccountId::provider_payable(id),
-            ["settled", d] => AccountId::settled(d),
-            ["forfeit", d, y] => AccountId::forfeit(d, year(y)?),
+        match parts {
+            (Some("elder"), Some(id), Some(y), None) => AccountId::elder(id, year(y)?),
+            (Some("funding"), Some(d), Some(y), None) => AccountId::funding(d, year(y)?),
+            (Some("provider"), Some(id), Some("payable"), None) => AccountId::provider_payable(id),
+            (Some("settled"), Some(d), None, None) => AccountId::settled(d),
+            (Some("forfeit"), Some(d), Some(y), None) => AccountId::forfeit(d, year(y)?),
             _ => Err(bad()),
         }
         .map_err(|_| bad())
@@ -188,6 +216,12 @@ mod tests {
             "forfeit:130102:2026",
             Ok(AccountId::forfeit("130102", y).unwrap()),
         );
+        for year in ["2000", "2009", "2010", "2999"] {
+            check(
+                &format!("elder:E1:{year}"),
+                Ok(AccountId::elder("E1", year.parse().unwrap()).unwrap()),
+            );
+        }
     }
 
     #[test]
@@ -201,6 +235,10 @@ mod tests {
             "settled:a:b",
             "cash:1",
             "elder:E 1:2026",
+            "elder:E1:2026:x",
+            "funding:130102:2026:",
+            "provider:P1:payable:x",
+            "forfeit:130102",
             "",
         ] {
             check(bad, Err(()));

@@ -4,17 +4,36 @@
 //! elder account ever below zero, and after a year's forfeit nothing moves in that year and
 //! every elder account of that year is exactly zero.
 
-use crate::account::AccountId;
+//!
+//! Work is split in two stages. Workers on every core take blocks of whole lines and do what
+//! needs no other entry: parse, recompute the entry hash, hash the Merkle leaf, check the
+//! posting rules. This thread then takes the blocks in order and does what needs the order:
+//! seq, chain, Merkle root, balances. A block's results hold no per-entry heap data (account
+//! names sit in one string per block), so the in-order stage neither frees nor hashes more
+//! than it must.
+
 use crate::checkpoint::{verify_checkpoint, Checkpoint};
 use crate::fiscal::Year;
-use crate::journal::{Entry, EntryKind, Side, ZERO_HASH};
-use crate::merkle::{Hash, MerkleTree};
+use crate::journal::{Entry, EntryKind, EntryView, Posting, Side, ZERO_HASH};
+use crate::merkle::{Hash, MerkleFrontier};
 use crate::money::Fen;
-use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::BufRead;
+use std::collections::{BTreeMap, HashMap};
+use std::io::Read;
+use std::ops::Range;
 
-/// Lines handed to the parallel hashing stage at a time.
-const CHUNK_LINES: usize = 8192;
+/// Bytes of an export read at a time and handed to one worker (whole lines only).
+#[cfg(not(test))]
+const BLOCK_BYTES: usize = 1 << 20;
+/// Small blocks in unit tests, so that a short export spans many more blocks than are in
+/// flight at once.
+#[cfg(test)]
+const BLOCK_BYTES: usize = 16 << 10;
+/// Lines of a store handed to one worker at a time.
+const STORE_BLOCK_LINES: usize = 2048;
+/// Blocks read ahead of the in-order checks, per worker; bounds the verifier's memory.
+const BLOCKS_IN_FLIGHT_PER_WORKER: usize = 3;
+/// A guess at the typical exported line, to size a block's results once.
+const LINE_BYTES_TYPICAL: usize = 256;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum AuditError {
@@ -58,35 +77,61 @@ impl std::fmt::Display for Summary {
     }
 }
 
+/// What the replay keeps per account.
+#[derive(Debug, Clone, Copy, Default)]
+struct AccountState {
+    /// Credit-normal balance, in fen.
+    balance: i64,
+    /// For an elder account, its year.
+    elder_year: Option<Year>,
+    /// An elder account after its year's forfeit.
+    forfeited: bool,
+}
+
 /// Replays entries into credit-normal balances and checks the ledger's rules.
 #[derive(Debug, Default)]
 struct Replay {
-    balances: HashMap<AccountId, i64>,
-    forfeited: HashSet<AccountId>,
+    /// By account name.
+    accounts: HashMap<Box<str>, AccountState>,
     /// Closed years with the seq of their first forfeit.
     closed: BTreeMap<Year, u64>,
     by_kind: BTreeMap<&'static str, (u64, Fen)>,
 }
 
 impl Replay {
-    fn apply(&mut self, entry: &Entry) -> Result<(), String> {
-        entry.check_rules().map_err(|e| e.to_string())?;
-        if entry.kind == EntryKind::Forfeit {
-            for p in &entry.postings {
-                if let Some(year) = p.account.year() {
-                    self.closed.entry(year).or_insert(entry.seq);
+    /// Replays one entry whose posting rules already hold; `names` holds the accounts'
+    /// names that `postings` point into.
+    fn apply(
+        &mut self,
+        seq: u64,
+        kind: EntryKind,
+        postings: &[CheckedPosting],
+        names: &str,
+    ) -> Result<(), String> {
+        let name = |p: &CheckedPosting| &names[p.name.clone()];
+        if kind == EntryKind::Forfeit {
+            for p in postings {
+                if let Some(year) = p.year {
+                    self.closed.entry(year).or_insert(seq);
                 }
             }
         }
         let mut moved = Fen::ZERO;
-        for p in &entry.postings {
-            if p.account.is_elder() {
-                if self.forfeited.contains(&p.account) {
-                    return Err(format!("{} moves after its forfeit", p.account));
+        for p in postings {
+            let account = match self.accounts.get_mut(name(p)) {
+                Some(account) => account,
+                None => self.accounts.entry(name(p).into()).or_insert(AccountState {
+                    elder_year: p.year.filter(|_| p.is_elder),
+                    ..AccountState::default()
+                }),
+            };
+            if p.is_elder {
+                if account.forfeited {
+                    return Err(format!("{} moves after its forfeit", name(p)));
                 }
-                if let Some(year) = p.account.year() {
-                    if entry.kind != EntryKind::Forfeit && self.closed.contains_key(&year) {
-                        return Err(format!("{} moves after year {year} was closed", p.account));
+                if let Some(year) = p.year {
+                    if kind != EntryKind::Forfeit && self.closed.contains_key(&year) {
+                        return Err(format!("{} moves after year {year} was closed", name(p)));
                     }
                 }
             }
@@ -97,44 +142,51 @@ impl Replay {
             if p.side == Side::Debit {
                 moved = moved.checked_add(p.amount).ok_or("amount overflow")?;
             }
-            let balance = self.balances.entry(p.account.clone()).or_insert(0);
-            *balance = balance.checked_add(delta).ok_or("balance overflow")?;
-            if p.account.is_elder() && *balance < 0 {
+            account.balance = account
+                .balance
+                .checked_add(delta)
+                .ok_or("balance overflow")?;
+            if p.is_elder && account.balance < 0 {
                 return Err(format!(
                     "{} goes below zero ({})",
-                    p.account,
-                    Fen::from_fen(*balance)
+                    name(p),
+                    Fen::from_fen(account.balance)
                 ));
             }
         }
-        if entry.kind == EntryKind::Forfeit {
-            for p in entry.postings.iter().filter(|p| p.account.is_elder()) {
-                if self.balances.get(&p.account) != Some(&0) {
-                    return Err(format!("forfeit leaves {} non-zero", p.account));
+        if kind == EntryKind::Forfeit {
+            for p in postings.iter().filter(|p| p.is_elder) {
+                let account = self
+                    .accounts
+                    .get_mut(name(p))
+                    .expect("every posting's account was entered above");
+                if account.balance != 0 {
+                    return Err(format!("forfeit leaves {} non-zero", name(p)));
                 }
-                self.forfeited.insert(p.account.clone());
+                account.forfeited = true;
             }
         }
-        let kind = self.by_kind.entry(entry.kind.as_str()).or_default();
-        kind.0 += 1;
-        kind.1 = kind.1.checked_add(moved).ok_or("amount overflow")?;
+        let by_kind = self.by_kind.entry(kind.as_str()).or_default();
+        by_kind.0 += 1;
+        by_kind.1 = by_kind.1.checked_add(moved).ok_or("amount overflow")?;
         Ok(())
     }
 
     /// After the last entry: every elder account of a closed year is zero.
     fn finish(&self) -> Result<(), AuditError> {
-        for (account, balance) in &self.balances {
-            if let (true, Some(year)) = (account.is_elder(), account.year()) {
-                if let Some(seq) = self.closed.get(&year) {
-                    if *balance != 0 {
-                        return Err(AuditError::Entry {
-                            seq: *seq,
-                            reason: format!(
-                                "year {year} closed here but {account} still holds {}",
-                                Fen::from_fen(*balance)
-                            ),
-                        });
-                    }
+        for (name, account) in &self.accounts {
+            let Some(year) = account.elder_year else {
+                continue;
+            };
+            if let Some(seq) = self.closed.get(&year) {
+                if account.balance != 0 {
+                    return Err(AuditError::Entry {
+                        seq: *seq,
+                        reason: format!(
+                            "year {year} closed here but {name} still holds {}",
+                            Fen::from_fen(account.balance)
+                        ),
+                    });
                 }
             }
         }
@@ -142,15 +194,249 @@ impl Replay {
     }
 }
 
-/// Streams entries through the checks; lines may come in any chunking.
+/// One posting after the parallel stage: its account as a range of the block's `names`,
+/// and what the replay needs to know of the account.
+struct CheckedPosting {
+    name: Range<usize>,
+    is_elder: bool,
+    year: Option<Year>,
+    side: Side,
+    amount: Fen,
+}
+
+/// One entry after the checks that need no other entry: parsed, its own hash recomputed,
+/// its Merkle leaf hashed, its posting rules checked.
+struct Checked {
+    seq: u64,
+    kind: EntryKind,
+    prev_hash: Hash,
+    hash: Hash,
+    leaf: Hash,
+    /// Where its postings sit in the block's `postings` when the rules hold; else what the
+    /// rules say, reported in order after the chain checks.
+    postings: Result<Range<usize>, String>,
+}
+
+/// One line of input after the parallel stage.
+enum Line {
+    /// An empty line of an export (allowed only at the end).
+    Blank,
+    Entry(Checked),
+    /// Not an entry, or its hash is wrong.
+    Bad(String),
+}
+
+/// A block's results, in line order, with the postings and names they point into.
+struct CheckedBlock {
+    lines: Vec<Line>,
+    postings: Vec<CheckedPosting>,
+    names: String,
+}
+
+impl CheckedBlock {
+    fn with_capacity(lines: usize) -> CheckedBlock {
+        CheckedBlock {
+            lines: Vec::with_capacity(lines),
+            postings: Vec::with_capacity(lines * 2),
+            names: String::with_capacity(lines * 48),
+        }
+    }
+
+    fn push_blank(&mut self) {
+        self.lines.push(Line::Blank);
+    }
+
+    /// Parses a line, recomputes its hash (building the preimage in `scratch`) and checks
+    /// its rules. Lines as the ledger writes them are read in place; others through serde.
+    fn push_line(&mut self, line: &[u8], scratch: &mut Vec<u8>) {
+        let result = match EntryView::parse_exact(line) {
+            Some(view) => view.verify_hash_with(scratch).map(|()| {
+                self.checked(
+                    view.seq,
+                    view.kind,
+                    &view.postings,
+                    view.check_rules(),
+                    view.prev_hash,
+                    view.hash,
+                )
+            }),
+            None => Entry::parse_line(line).and_then(|entry| {
+                entry.verify_hash()?;
+                Ok(self.checked(
+                    entry.seq,
+                    entry.kind,
+                    &entry.postings,
+                    entry.check_rules(),
+                    entry.prev_hash,
+                    entry.hash,
+                ))
+            }),
+        };
+        self.lines.push(match result {
+            Ok(checked) => Line::Entry(checked),
+            Err(e) => Line::Bad(e.to_string()),
+        });
+    }
+
+    fn checked(
+        &mut self,
+        seq: u64,
+        kind: EntryKind,
+        postings: &[Posting],
+        rules: Result<(), crate::journal::JournalError>,
+        prev_hash: Hash,
+        hash: Hash,
+    ) -> Checked {
+        let postings = rules.map_err(|e| e.to_string()).map(|()| {
+            let start = self.postings.len();
+            for p in postings {
+                let name_start = self.names.len();
+                p.account.write_name(|piece| self.names.push_str(piece));
+                self.postings.push(CheckedPosting {
+                    name: name_start..self.names.len(),
+                    is_elder: p.account.is_elder(),
+                    year: p.account.year(),
+                    side: p.side,
+                    amount: p.amount,
+                });
+            }
+            start..self.postings.len()
+        });
+        Checked {
+            seq,
+            kind,
+            prev_hash,
+            hash,
+            leaf: crate::merkle::leaf_hash(&hash),
+            postings,
+        }
+    }
+}
+
+/// Work for one worker: whole lines, in input order.
+enum Block {
+    /// Bytes of an export: lines ending in `\n` (the last one may lack it at the end of
+    /// the file), each possibly ending in `\r\n`.
+    Export(Vec<u8>),
+    /// Entry values read from a store.
+    Store(Vec<Vec<u8>>),
+}
+
+impl Block {
+    fn check(&self) -> CheckedBlock {
+        let mut scratch = Vec::new();
+        match self {
+            Block::Export(bytes) => {
+                let mut checked = CheckedBlock::with_capacity(bytes.len() / LINE_BYTES_TYPICAL);
+                let mut rest: &[u8] = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+                loop {
+                    let (line, after) = match find_newline(rest) {
+                        Some(end) => (&rest[..end], Some(&rest[end + 1..])),
+                        None => (rest, None),
+                    };
+                    let line = line.strip_suffix(b"\r").unwrap_or(line);
+                    if line.is_empty() {
+                        checked.push_blank();
+                    } else {
+                        checked.push_line(line, &mut scratch);
+                    }
+                    match after {
+                        Some(after) => rest = after,
+                        None => break,
+                    }
+                }
+                checked
+            }
+            Block::Store(lines) => {
+                let mut checked = CheckedBlock::with_capacity(lines.len());
+                for line in lines {
+                    checked.push_line(line, &mut scratch);
+                }
+                checked
+            }
+        }
+    }
+}
+
+/// The position of the first `\n`, looking at eight bytes at a time (lines are long).
+fn find_newline(bytes: &[u8]) -> Option<usize> {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    const NEWLINES: u64 = u64::from_ne_bytes([b'\n'; 8]);
+    let mut position = 0;
+    for chunk in bytes.chunks_exact(8) {
+        let word =
+            u64::from_ne_bytes(chunk.try_into().expect("chunks_exact(8) gives 8 bytes")) ^ NEWLINES;
+        // A high bit set for a zero byte (exact for the first one).
+        if word.wrapping_sub(ONES) & !word & HIGHS != 0 {
+            break;
+        }
+        position += 8;
+    }
+    bytes[position..]
+        .iter()
+        .position(|&b| b == b'\n')
+        .map(|offset| position + offset)
+}
+
+/// Reads an export in blocks of whole lines of about `BLOCK_BYTES`.
+struct ExportBlocks<R> {
+    reader: R,
+    /// The start of a line that the last block cut off.
+    carry: Vec<u8>,
+}
+
+impl<R: Read> ExportBlocks<R> {
+    fn next_block(&mut self) -> Result<Option<Block>, AuditError> {
+        let mut bytes = std::mem::take(&mut self.carry);
+        // Bytes before this offset are known to hold no newline.
+        let mut searched = 0;
+        loop {
+            let target = bytes.len().max(searched) + BLOCK_BYTES;
+            if !self.fill(&mut bytes, target)? {
+                return Ok((!bytes.is_empty()).then_some(Block::Export(bytes)));
+            }
+            // Cut after the last newline; a line longer than a block reads on.
+            if let Some(end) = bytes[searched..].iter().rposition(|&b| b == b'\n') {
+                let end = searched + end + 1;
+                self.carry = bytes[end..].to_vec();
+                bytes.truncate(end);
+                return Ok(Some(Block::Export(bytes)));
+            }
+            searched = bytes.len();
+        }
+    }
+
+    /// Reads until `bytes` holds `target` bytes; false if the input ended first. Reads go
+    /// straight into `bytes`: a buffer in between would only copy every byte once more.
+    fn fill(&mut self, bytes: &mut Vec<u8>, target: usize) -> Result<bool, AuditError> {
+        bytes.reserve(target.saturating_sub(bytes.len()));
+        while bytes.len() < target {
+            let want = u64::try_from(target - bytes.len()).unwrap_or(u64::MAX);
+            let read = (&mut self.reader)
+                .take(want)
+                .read_to_end(bytes)
+                .map_err(|e| AuditError::Input(e.to_string()))?;
+            if read == 0 {
+                return Ok(false);
+            }
+        }
+        Ok(true)
+    }
+}
+
+/// Streams entries through the checks, in seq order.
 struct Verifier {
     next_seq: u64,
     prev_hash: Hash,
-    /// The tree size whose head hash we keep, and that hash once seen.
+    /// The tree size whose root and head hash we keep, and that hash once seen.
     head_size: u64,
     head_hash: Hash,
-    merkle: MerkleTree,
+    /// Leaves up to `head_size` (or all, for a store).
+    merkle: MerkleFrontier,
     replay: Replay,
+    /// For an export: the seq the first blank line stood before.
+    blank_seen_at: Option<u64>,
 }
 
 impl Verifier {
@@ -160,40 +446,138 @@ impl Verifier {
             prev_hash: ZERO_HASH,
             head_size,
             head_hash: ZERO_HASH,
-            merkle: MerkleTree::new(),
+            merkle: MerkleFrontier::new(),
             replay: Replay::default(),
+            blank_seen_at: None,
         }
     }
 
-    /// Checks a chunk of lines: parsing and hashing in parallel, then the chain and the
-    /// replay in order.
-    fn push_chunk(&mut self, lines: &[Vec<u8>]) -> Result<(), AuditError> {
-        let parsed = parse_and_hash_parallel(lines);
-        for result in parsed {
-            let expected = self.next_seq;
-            let bad = |reason: String| AuditError::Entry {
-                seq: expected,
-                reason,
+    /// Runs `blocks` through the parallel stage on every core and the in-order checks on
+    /// this thread, keeping a bounded number of blocks in flight. Stops at the first bad
+    /// entry, in seq order.
+    fn run(
+        &mut self,
+        mut next_block: impl FnMut() -> Result<Option<Block>, AuditError>,
+    ) -> Result<(), AuditError> {
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let in_flight_max = workers * BLOCKS_IN_FLIGHT_PER_WORKER;
+        let (block_sender, block_receiver) =
+            crossbeam_channel::bounded::<(u64, Block)>(in_flight_max);
+        let (checked_sender, checked_receiver) =
+            crossbeam_channel::unbounded::<(u64, CheckedBlock)>();
+        // Everything moves into the scope, so that returning from it drops `block_sender`
+        // and the workers, their channel closed, finish their block and stop.
+        std::thread::scope(move |scope| {
+            for _ in 0..workers {
+                let blocks = block_receiver.clone();
+                let checked = checked_sender.clone();
+                scope.spawn(move || {
+                    for (index, block) in blocks {
+                        if checked.send((index, block.check())).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+            drop(checked_sender);
+            self.feed_and_check(
+                &mut next_block,
+                &block_sender,
+                &checked_receiver,
+                in_flight_max,
+            )
+        })
+    }
+
+    fn feed_and_check(
+        &mut self,
+        next_block: &mut impl FnMut() -> Result<Option<Block>, AuditError>,
+        blocks: &crossbeam_channel::Sender<(u64, Block)>,
+        checked_blocks: &crossbeam_channel::Receiver<(u64, CheckedBlock)>,
+        in_flight_max: usize,
+    ) -> Result<(), AuditError> {
+        let mut sent = 0u64;
+        let mut checked = 0u64;
+        let mut input_done = false;
+        // Blocks that came back before an earlier one.
+        let mut waiting: BTreeMap<u64, CheckedBlock> = BTreeMap::new();
+        loop {
+            while !input_done && sent - checked < in_flight_max as u64 {
+                match next_block()? {
+                    Some(block) => {
+                        blocks
+                            .send((sent, block))
+                            .expect("the workers outlive this loop");
+                        sent += 1;
+                    }
+                    None => input_done = true,
+                }
+            }
+            if checked == sent {
+                return Ok(());
+            }
+            let block = match waiting.remove(&checked) {
+                Some(block) => block,
+                None => loop {
+                    let (index, block) = checked_blocks
+                        .recv()
+                        .expect("a worker answers every block sent");
+                    if index == checked {
+                        break block;
+                    }
+                    waiting.insert(index, block);
+                },
             };
-            let entry = result.map_err(|e| bad(format!("line {}: {e}", expected + 1)))?;
-            self.check_entry(&entry)?;
+            self.check_block(&block)?;
+            checked += 1;
+        }
+    }
+
+    fn check_block(&mut self, block: &CheckedBlock) -> Result<(), AuditError> {
+        for line in &block.lines {
+            let seq = self.next_seq;
+            let entry = match (line, self.blank_seen_at) {
+                (Line::Blank, _) => {
+                    self.blank_seen_at.get_or_insert(seq);
+                    continue;
+                }
+                (_, Some(blank_seq)) => {
+                    return Err(AuditError::Entry {
+                        seq: blank_seq,
+                        reason: "blank line inside the export".into(),
+                    })
+                }
+                (Line::Bad(reason), None) => {
+                    return Err(AuditError::Entry {
+                        seq,
+                        reason: format!("line {}: {reason}", seq + 1),
+                    })
+                }
+                (Line::Entry(entry), None) => entry,
+            };
+            self.check_entry(entry, block)
+                .map_err(|reason| AuditError::Entry { seq, reason })?;
         }
         Ok(())
     }
 
-    fn check_entry(&mut self, entry: &Entry) -> Result<(), AuditError> {
-        let seq = self.next_seq;
-        let bad = |reason: String| AuditError::Entry { seq, reason };
-        if entry.seq != seq {
-            return Err(bad(format!("out of order: line says seq {}", entry.seq)));
+    fn check_entry(&mut self, entry: &Checked, block: &CheckedBlock) -> Result<(), String> {
+        if entry.seq != self.next_seq {
+            return Err(format!("out of order: line says seq {}", entry.seq));
         }
         if entry.prev_hash != self.prev_hash {
-            return Err(bad(
-                "prev_hash does not match the previous entry's hash".into()
-            ));
+            return Err("prev_hash does not match the previous entry's hash".into());
         }
-        self.replay.apply(entry).map_err(bad)?;
-        self.merkle.push(entry.hash);
+        let postings = entry.postings.clone()?;
+        self.replay.apply(
+            entry.seq,
+            entry.kind,
+            &block.postings[postings],
+            &block.names,
+        )?;
+        if self.next_seq < self.head_size {
+            self.merkle.push_leaf(entry.leaf);
+        }
         self.prev_hash = entry.hash;
         self.next_seq += 1;
         if self.next_seq == self.head_size {
@@ -208,79 +592,36 @@ impl Verifier {
             tree_size,
             root_hash,
             head_hash,
-            accounts: self.replay.balances.len(),
+            accounts: self.replay.accounts.len(),
             by_kind: self.replay.by_kind.clone(),
             closed_years: self.replay.closed.keys().copied().collect(),
         }
     }
 }
 
-/// Parses lines and checks each entry's own hash, on every core.
-fn parse_and_hash_parallel(lines: &[Vec<u8>]) -> Vec<Result<Entry, String>> {
-    let check = |line: &Vec<u8>| -> Result<Entry, String> {
-        let entry = Entry::parse_line(line).map_err(|e| e.to_string())?;
-        entry.verify_hash().map_err(|e| e.to_string())?;
-        Ok(entry)
-    };
-    let threads = std::thread::available_parallelism().map_or(1, |n| n.get());
-    if threads == 1 || lines.len() < 256 {
-        return lines.iter().map(check).collect();
-    }
-    let per = lines.len().div_ceil(threads);
-    std::thread::scope(|scope| {
-        let handles: Vec<_> = lines
-            .chunks(per)
-            .map(|part| scope.spawn(move || part.iter().map(check).collect::<Vec<_>>()))
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("a hashing thread panicked"))
-            .collect()
-    })
-}
-
 /// Verifies an export (`GET /v1/audit/entries`, all pages) against a checkpoint and the
-/// ledger's public key.
+/// ledger's public key. `entries` is read in blocks of about a megabyte, so it needs no
+/// buffering of its own.
 pub fn verify_export(
-    entries: impl BufRead,
+    entries: impl Read,
     checkpoint: &Checkpoint,
     public_key: &[u8; 32],
 ) -> Result<Summary, AuditError> {
     verify_checkpoint(checkpoint, public_key).map_err(|e| AuditError::Checkpoint(e.to_string()))?;
     let size = checkpoint.tree_size;
     let mut verifier = Verifier::new(size);
-    let mut chunk: Vec<Vec<u8>> = Vec::with_capacity(CHUNK_LINES);
-    let mut blank_seen_at: Option<u64> = None;
-    for line in entries.split(b'\n') {
-        let line = line.map_err(|e| AuditError::Input(e.to_string()))?;
-        let line = line.strip_suffix(b"\r").map(<[u8]>::to_vec).unwrap_or(line);
-        if line.is_empty() {
-            blank_seen_at.get_or_insert(verifier.next_seq + chunk.len() as u64);
-            continue;
-        }
-        if let Some(seq) = blank_seen_at {
-            return Err(AuditError::Entry {
-                seq,
-                reason: "blank line inside the export".into(),
-            });
-        }
-        chunk.push(line);
-        if chunk.len() == CHUNK_LINES {
-            verifier.push_chunk(&chunk)?;
-            chunk.clear();
-        }
-    }
-    verifier.push_chunk(&chunk)?;
+    let mut export = ExportBlocks {
+        reader: entries,
+        carry: Vec::new(),
+    };
+    verifier.run(|| export.next_block())?;
     if verifier.next_seq < size {
         return Err(AuditError::Checkpoint(format!(
             "checkpoint covers {size} entries but the export has {}",
             verifier.next_seq
         )));
     }
-    let root = verifier
-        .merkle
-        .root_at(size)
-        .map_err(|e| AuditError::Checkpoint(e.to_string()))?;
+    let root = verifier.merkle.root();
     if hex::encode(root) != checkpoint.root_hash {
         return Err(AuditError::Checkpoint(format!(
             "root_hash {} does not match the entries' Merkle root {} at tree_size {size}",
@@ -304,17 +645,16 @@ pub fn verify_export(
 pub fn verify_store(dir: &std::path::Path) -> Result<Summary, AuditError> {
     let (store, key) =
         crate::storage::Store::open(dir).map_err(|e| AuditError::Input(e.to_string()))?;
-    let mut verifier = Verifier::new(0);
-    let mut chunk: Vec<Vec<u8>> = Vec::with_capacity(CHUNK_LINES);
-    for item in store.entries_from(0) {
-        let (_, line) = item.map_err(|e| AuditError::Input(e.to_string()))?;
-        chunk.push(line);
-        if chunk.len() == CHUNK_LINES {
-            verifier.push_chunk(&chunk)?;
-            chunk.clear();
+    let mut verifier = Verifier::new(u64::MAX);
+    let mut entries = store.entries_from(0);
+    verifier.run(|| {
+        let mut lines = Vec::with_capacity(STORE_BLOCK_LINES);
+        for item in entries.by_ref().take(STORE_BLOCK_LINES) {
+            let (_, line) = item.map_err(|e| AuditError::Input(e.to_string()))?;
+            lines.push(line);
         }
-    }
-    verifier.push_chunk(&chunk)?;
+        Ok((!lines.is_empty()).then_some(Block::Store(lines)))
+    })?;
     verifier.replay.finish()?;
     let size = verifier.next_seq;
     let root = verifier.merkle.root();
@@ -322,4 +662,347 @@ pub fn verify_store(dir: &std::path::Path) -> Result<Summary, AuditError> {
     verify_checkpoint(&checkpoint, &key.public_key_bytes())
         .map_err(|e| AuditError::Checkpoint(e.to_string()))?;
     Ok(verifier.summary(size, root, verifier.prev_hash))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::account::AccountId;
+    use crate::checkpoint::{LedgerKey, PublicKeyDoc};
+    use crate::journal::Posting;
+    use crate::merkle::MerkleTree;
+
+    const JOURNAL: &str = include_str!("../../../shared/vectors/journal.jsonl");
+    const CHECKPOINT: &str = include_str!("../../../shared/vectors/checkpoint.json");
+    const PUBLIC_KEY: &str = include_str!("../../../shared/vectors/public-key.json");
+
+    fn vector_key() -> [u8; 32] {
+        let doc: PublicKeyDoc = serde_json::from_str(PUBLIC_KEY).unwrap();
+        doc.public_key_bytes().unwrap()
+    }
+
+    fn vector_checkpoint() -> Checkpoint {
+        serde_json::from_str(CHECKPOINT).unwrap()
+    }
+
+    fn check_vectors(export: &[u8], expected: Result<u64, (u64, &str)>) {
+        let result = verify_export(export, &vector_checkpoint(), &vector_key());
+        match (result, expected) {
+            (Ok(summary), Ok(entries)) => assert_eq!(summary.entries, entries),
+            (Err(AuditError::Entry { seq, reason }), Err((bad_seq, words))) => {
+                assert_eq!(seq, bad_seq, "{reason}");
+                assert!(reason.contains(words), "{reason:?} lacks {words:?}");
+            }
+            (other, expected) => panic!("got {other:?}, expected {expected:?}"),
+        }
+    }
+
+    #[test]
+    fn vectors_verify_with_any_line_ending() {
+        check_vectors(JOURNAL.as_bytes(), Ok(8));
+        check_vectors(JOURNAL.trim_end().as_bytes(), Ok(8));
+        check_vectors(JOURNAL.replace('\n', "\r\n").as_bytes(), Ok(8));
+        check_vectors(format!("{JOURNAL}\n\n").as_bytes(), Ok(8));
+    }
+
+    #[test]
+    fn vector_errors_name_the_first_bad_seq() {
+        let lines: Vec<&str> = JOURNAL.lines().collect();
+        let join = |lines: &[&str]| lines.iter().map(|l| format!("{l}\n")).collect::<String>();
+
+        let tampered = JOURNAL.replace("\"58.50\"", "\"58.51\"");
+        check_vectors(tampered.as_bytes(), Err((2, "line 3: hash mismatch")));
+
+        let mut swapped = lines.clone();
+        swapped.swap(3, 4);
+        check_vectors(join(&swapped).as_bytes(), Err((3, "out of order")));
+
+        let mut blank = lines.clone();
+        blank.insert(5, "");
+        check_vectors(
+            join(&blank).as_bytes(),
+            Err((5, "blank line inside the export")),
+        );
+
+        let mut garbage = lines.clone();
+        garbage[6] = "{\"seq\":6}";
+        check_vectors(
+            join(&garbage).as_bytes(),
+            Err((6, "line 7: not a journal entry")),
+        );
+
+        let short = join(&lines[..7]);
+        assert!(matches!(
+            verify_export(short.as_bytes(), &vector_checkpoint(), &vector_key()),
+            Err(AuditError::Checkpoint(_))
+        ));
+    }
+
+    /// A valid export of `count` entries (an issue to a new elder every tenth entry, charges
+    /// against earlier elders otherwise), its checkpoint at `tree_size` and the public key.
+    fn generated_export(count: u64, tree_size: u64) -> (Vec<Entry>, Checkpoint, [u8; 32]) {
+        let key = LedgerKey::from_seed(&[9u8; 32]).unwrap();
+        let year = "2026".parse().unwrap();
+        let elder = |i: u64| AccountId::elder(&format!("E{i}"), year).unwrap();
+        let mut entries: Vec<Entry> = Vec::new();
+        let mut tree = MerkleTree::new();
+        for seq in 0..count {
+            let prev = entries.last().map_or(ZERO_HASH, |e| e.hash);
+            let (kind, postings) = if seq % 10 == 0 {
+                let funding = AccountId::funding("130102", year).unwrap();
+                let amount = Fen::from_fen(50_000);
+                (
+                    EntryKind::Issue,
+                    vec![
+                        Posting::debit(funding, amount),
+                        Posting::credit(elder(seq / 10), amount),
+                    ],
+                )
+            } else {
+                let payable = AccountId::provider_payable("P1").unwrap();
+                let amount = Fen::from_fen(100);
+                (
+                    EntryKind::Charge,
+                    vec![
+                        Posting::debit(elder(seq / 10), amount),
+                        Posting::credit(payable, amount),
+                    ],
+                )
+            };
+            let refs = BTreeMap::from([("charge".to_string(), format!("C{seq}"))]);
+            let entry = Entry::seal(
+                seq,
+                "2026-01-05T02:30:00Z".into(),
+                kind,
+                postings,
+                refs,
+                prev,
+            );
+            tree.push(entry.hash);
+            entries.push(entry);
+        }
+        let head = entries
+            .get(usize::try_from(tree_size).unwrap().wrapping_sub(1))
+            .map_or(ZERO_HASH, |e| e.hash);
+        let root = tree.root_at(tree_size).unwrap();
+        let checkpoint = key.sign_checkpoint(tree_size, &root, &head, "2026-02-01T00:00:00Z");
+        (entries, checkpoint, key.public_key_bytes())
+    }
+
+    fn lines_of(entries: &[Entry]) -> Vec<Vec<u8>> {
+        entries.iter().map(Entry::to_line).collect()
+    }
+
+    fn joined(lines: &[Vec<u8>]) -> Vec<u8> {
+        lines
+            .iter()
+            .flat_map(|l| l.iter().copied().chain([b'\n']))
+            .collect()
+    }
+
+    /// Enough entries for many more blocks than are ever in flight.
+    const MANY: u64 = 5_000;
+
+    #[test]
+    fn a_long_export_verifies_across_blocks_and_at_a_smaller_tree_size() {
+        let (entries, checkpoint, key) = generated_export(MANY, MANY);
+        let export = joined(&lines_of(&entries));
+        assert!(export.len() > BLOCK_BYTES * 8, "{} bytes", export.len());
+        let summary = verify_export(&export[..], &checkpoint, &key).unwrap();
+        assert_eq!(summary.entries, MANY);
+        assert_eq!(summary.by_kind["issue"].0, MANY / 10);
+        assert_eq!(summary.accounts, usize::try_from(MANY / 10).unwrap() + 2);
+
+        let (_, smaller, key) = generated_export(MANY, 1_234);
+        let summary = verify_export(&export[..], &smaller, &key).unwrap();
+        assert_eq!((summary.entries, summary.tree_size), (MANY, 1_234));
+    }
+
+    #[test]
+    fn the_first_bad_entry_is_named_whichever_block_it_is_in() {
+        let (entries, checkpoint, key) = generated_export(MANY, MANY);
+        let lines = lines_of(&entries);
+        let check = |lines: &[Vec<u8>], bad_seq: u64, words: &str| match verify_export(
+            &joined(lines)[..],
+            &checkpoint,
+            &key,
+        ) {
+            Err(AuditError::Entry { seq, reason }) => {
+                assert_eq!(seq, bad_seq, "{reason}");
+                assert!(reason.contains(words), "{reason:?} lacks {words:?}");
+            }
+            other => panic!("expected seq {bad_seq}, got {other:?}"),
+        };
+        for bad in [1, 2_501, 3_101, MANY - 1] {
+            let mut tampered = lines.clone();
+            let at = usize::try_from(bad).unwrap();
+            tampered[at] = String::from_utf8(tampered[at].clone())
+                .unwrap()
+                .replacen("\"1.00\"", "\"1.01\"", 1)
+                .into_bytes();
+            check(&tampered, bad, "hash mismatch");
+        }
+        // A later block fails too, but the earlier bad entry is the one named.
+        let mut two_bad = lines.clone();
+        two_bad[4_000] = b"not json".to_vec();
+        two_bad[2_000] = b"{}".to_vec();
+        check(&two_bad, 2_000, "not a journal entry");
+
+        let mut gap = lines.clone();
+        gap.remove(1_700);
+        check(&gap, 1_700, "out of order");
+
+        let mut blank = lines.clone();
+        blank.insert(900, Vec::new());
+        check(&blank, 900, "blank line");
+
+        // A line longer than a block is read whole, then refused.
+        let mut long = lines.clone();
+        long[3_000] = vec![b'x'; BLOCK_BYTES * 2 + 7];
+        check(&long, 3_000, "longer than");
+    }
+
+    /// An export of the given entries, chained and checkpointed.
+    fn chained(specs: Vec<(EntryKind, Vec<Posting>)>) -> (Vec<u8>, Checkpoint, [u8; 32]) {
+        let key = LedgerKey::from_seed(&[5u8; 32]).unwrap();
+        let mut tree = MerkleTree::new();
+        let mut prev = ZERO_HASH;
+        let mut export = Vec::new();
+        for (seq, (kind, postings)) in (0u64..).zip(specs) {
+            let entry = Entry::seal(
+                seq,
+                "2026-06-01T00:00:00Z".into(),
+                kind,
+                postings,
+                BTreeMap::new(),
+                prev,
+            );
+            tree.push(entry.hash);
+            prev = entry.hash;
+            export.extend_from_slice(&entry.to_line());
+            export.push(b'\n');
+        }
+        let checkpoint =
+            key.sign_checkpoint(tree.len(), &tree.root(), &prev, "2027-01-01T00:00:00Z");
+        (export, checkpoint, key.public_key_bytes())
+    }
+
+    #[test]
+    fn the_replay_names_money_that_breaks_the_rules() {
+        let year = "2026".parse().unwrap();
+        let elder = |id: &str| AccountId::elder(id, year).unwrap();
+        let funding = AccountId::funding("130102", year).unwrap();
+        let forfeit = AccountId::forfeit("130102", year).unwrap();
+        let payable = AccountId::provider_payable("P1").unwrap();
+        let f = Fen::from_fen;
+        let issue = |id: &str, fen| {
+            (
+                EntryKind::Issue,
+                vec![
+                    Posting::debit(funding.clone(), f(fen)),
+                    Posting::credit(elder(id), f(fen)),
+                ],
+            )
+        };
+        let charge = |id: &str, fen| {
+            (
+                EntryKind::Charge,
+                vec![
+                    Posting::debit(elder(id), f(fen)),
+                    Posting::credit(payable.clone(), f(fen)),
+                ],
+            )
+        };
+        let forfeit_of = |id: &str, fen| {
+            (
+                EntryKind::Forfeit,
+                vec![
+                    Posting::debit(elder(id), f(fen)),
+                    Posting::credit(forfeit.clone(), f(fen)),
+                ],
+            )
+        };
+        let check = |specs, expected: Result<(), (u64, &str)>| {
+            let (export, checkpoint, key) = chained(specs);
+            match (verify_export(&export[..], &checkpoint, &key), expected) {
+                (Ok(_), Ok(())) => {}
+                (Err(AuditError::Entry { seq, reason }), Err((bad_seq, text))) => {
+                    assert_eq!((seq, reason.as_str()), (bad_seq, text));
+                }
+                (other, expected) => panic!("got {other:?}, expected {expected:?}"),
+            }
+        };
+        check(vec![issue("E1", 100), charge("E1", 100)], Ok(()));
+        check(
+            vec![issue("E1", 100), charge("E1", 200)],
+            Err((1, "elder:E1:2026 goes below zero (-1.00)")),
+        );
+        check(
+            vec![issue("E1", 500), forfeit_of("E1", 400)],
+            Err((1, "forfeit leaves elder:E1:2026 non-zero")),
+        );
+        check(
+            vec![issue("E1", 500), forfeit_of("E1", 500), charge("E1", 1)],
+            Err((2, "elder:E1:2026 moves after its forfeit")),
+        );
+        check(
+            vec![
+                issue("E1", 500),
+                issue("E2", 300),
+                forfeit_of("E1", 500),
+                charge("E2", 1),
+            ],
+            Err((3, "elder:E2:2026 moves after year 2026 was closed")),
+        );
+        check(
+            vec![issue("E1", 500), issue("E2", 300), forfeit_of("E1", 500)],
+            Err((
+                2,
+                "year 2026 closed here but elder:E2:2026 still holds 3.00",
+            )),
+        );
+        check(
+            vec![
+                issue("E1", 500),
+                issue("E2", 300),
+                forfeit_of("E1", 500),
+                forfeit_of("E2", 300),
+            ],
+            Ok(()),
+        );
+    }
+
+    #[test]
+    fn a_read_error_is_an_input_error() {
+        struct Failing<'a>(&'a [u8]);
+        impl Read for Failing<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                if self.0.is_empty() {
+                    return Err(std::io::Error::other("disk on fire"));
+                }
+                let n = buf.len().min(self.0.len()).min(4096);
+                buf[..n].copy_from_slice(&self.0[..n]);
+                self.0 = &self.0[n..];
+                Ok(n)
+            }
+        }
+        let (entries, checkpoint, key) = generated_export(5_000, 5_000);
+        let export = joined(&lines_of(&entries));
+        let result = verify_export(Failing(&export[..export.len() / 2]), &checkpoint, &key);
+        assert!(
+            matches!(result, Err(AuditError::Input(ref e)) if e.contains("disk on fire")),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn newline_search_matches_a_byte_scan() {
+        let text = b"0123456789abcdef\nxyz\n";
+        for start in 0..text.len() {
+            let expected = text[start..].iter().position(|&b| b == b'\n');
+            assert_eq!(find_newline(&text[start..]), expected, "from {start}");
+        }
+        assert_eq!(find_newline(b""), None);
+        assert_eq!(find_newline(&[0x0b; 20]), None);
+    }
 }

@@ -327,15 +327,43 @@ enum Undo {
     ClosedYear,
 }
 
-/// One batch's overlay over the state.
+/// A batch between two `Tx` sessions: the writer keeps applying commands to it while the
+/// batch before it is being made durable.
+#[derive(Debug)]
+pub struct OpenBatch {
+    delta: Delta,
+    now_text: String,
+    next_seq: u64,
+    head_hash: Hash,
+    start_head_hash: Hash,
+}
+
+impl OpenBatch {
+    /// The time every command of the batch takes effect at.
+    pub fn now(&self) -> DateTime<Utc> {
+        self.delta.now
+    }
+
+    /// Ends the batch: what it changed.
+    pub fn finish(self) -> Delta {
+        self.delta
+    }
+}
+
+/// One batch's overlay over the state and the batches still on their way to disk.
 pub struct Tx<'a, L: Lookup> {
     base: &'a State,
+    /// Batches applied before this one but not yet durable, so not yet merged into `base`
+    /// (oldest first). Their effects shadow `base`'s, and this batch's shadow theirs.
+    in_flight: &'a [&'a Delta],
     lookup: &'a L,
     now: DateTime<Utc>,
     now_text: String,
     delta: Delta,
     next_seq: u64,
     head_hash: Hash,
+    /// The chain head this batch started from, for rolling back its first entry.
+    start_head_hash: Hash,
     undo: Vec<Undo>,
 }
 
@@ -383,12 +411,21 @@ fn positive(amount: Fen) -> Result<Fen, CommandError> {
 }
 
 impl<'a, L: Lookup> Tx<'a, L> {
-    /// Starts a batch at `now`, which the caller keeps monotonic.
-    pub fn new(base: &'a State, lookup: &'a L, now: DateTime<Utc>) -> Tx<'a, L> {
-        Tx {
-            base,
-            lookup,
-            now,
+    /// Starts a batch at `now`, which the caller keeps monotonic, on top of the durable
+    /// `base` and the batches `in_flight` (oldest first) that are written but not yet durable.
+    pub fn new(
+        base: &'a State,
+        in_flight: &'a [&'a Delta],
+        lookup: &'a L,
+        now: DateTime<Utc>,
+    ) -> Tx<'a, L> {
+        let head = in_flight
+            .iter()
+            .rev()
+            .find_map(|delta| delta.entries.last())
+            .map(|entry| (entry.seq + 1, entry.hash));
+        let (next_seq, head_hash) = head.unwrap_or((base.next_seq, base.head_hash));
+        let open = OpenBatch {
             now_text: format_timestamp(now),
             delta: Delta {
                 now,
@@ -398,9 +435,45 @@ impl<'a, L: Lookup> Tx<'a, L> {
                 idempotency: HashMap::new(),
                 closed_years: Vec::new(),
             },
-            next_seq: base.next_seq,
-            head_hash: base.head_hash,
+            next_seq,
+            head_hash,
+            start_head_hash: head_hash,
+        };
+        Tx::resume(base, in_flight, lookup, open)
+    }
+
+    /// Takes up a batch suspended earlier. The batches in flight then may since have been
+    /// merged into `base`; that changes nothing the batch sees, as long as `base` and
+    /// `in_flight` together hold everything applied before it.
+    pub fn resume(
+        base: &'a State,
+        in_flight: &'a [&'a Delta],
+        lookup: &'a L,
+        open: OpenBatch,
+    ) -> Tx<'a, L> {
+        Tx {
+            base,
+            in_flight,
+            lookup,
+            now: open.delta.now,
+            now_text: open.now_text,
+            delta: open.delta,
+            next_seq: open.next_seq,
+            head_hash: open.head_hash,
+            start_head_hash: open.start_head_hash,
             undo: Vec::new(),
+        }
+    }
+
+    /// Sets the batch aside, to take more commands later (`resume`) or to end it
+    /// (`OpenBatch::finish`), without holding on to the state.
+    pub fn suspend(self) -> OpenBatch {
+        OpenBatch {
+            delta: self.delta,
+            now_text: self.now_text,
+            next_seq: self.next_seq,
+            head_hash: self.head_hash,
+            start_head_hash: self.start_head_hash,
         }
     }
 
@@ -412,6 +485,12 @@ impl<'a, L: Lookup> Tx<'a, L> {
         self.delta
             .balances
             .get(account)
+            .or_else(|| {
+                self.in_flight
+                    .iter()
+                    .rev()
+                    .find_map(|delta| delta.balances.get(account))
+            })
             .or_else(|| self.base.balances.get(account))
             .copied()
     }
@@ -427,13 +506,23 @@ impl<'a, L: Lookup> Tx<'a, L> {
     }
 
     fn hold(&self, hold_id: &str) -> Result<Option<HoldRecord>, CommandError> {
-        if let Some(h) = self.delta.holds.get(hold_id) {
-            return Ok(Some(h.clone()));
-        }
-        if let Some(h) = self.base.pending.get(hold_id) {
+        let unsaved = std::iter::once(&self.delta)
+            .chain(self.in_flight.iter().rev().copied())
+            .find_map(|delta| delta.holds.get(hold_id));
+        if let Some(h) = unsaved.or_else(|| self.base.pending.get(hold_id)) {
             return Ok(Some(h.clone()));
         }
         self.lookup.hold(hold_id)
+    }
+
+    fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, CommandError> {
+        let unsaved = std::iter::once(&self.delta)
+            .chain(self.in_flight.iter().rev().copied())
+            .find_map(|delta| delta.idempotency.get(key));
+        match unsaved {
+            Some(record) => Ok(Some(record.clone())),
+            None => self.lookup.idempotency(key),
+        }
     }
 
     fn set_hold(&mut self, hold: HoldRecord) {
@@ -443,7 +532,10 @@ impl<'a, L: Lookup> Tx<'a, L> {
     }
 
     fn is_closed(&self, year: Year) -> bool {
-        self.base.closed_years.contains(&year) || self.delta.closed_years.contains(&year)
+        self.base.closed_years.contains(&year)
+            || std::iter::once(&self.delta)
+                .chain(self.in_flight.iter().copied())
+                .any(|delta| delta.closed_years.contains(&year))
     }
 
     fn ensure_open(&self, year: Year) -> Result<(), CommandError> {
@@ -469,7 +561,7 @@ impl<'a, L: Lookup> Tx<'a, L> {
                         .delta
                         .entries
                         .last()
-                        .map_or(self.base.head_hash, |e| e.hash);
+                        .map_or(self.start_head_hash, |e| e.hash);
                 }
                 Undo::ClosedYear => {
                     self.delta.closed_years.pop();
@@ -480,11 +572,21 @@ impl<'a, L: Lookup> Tx<'a, L> {
 
     /// Releases every pending hold that is due at the batch's time.
     pub fn expire_due(&mut self) {
+        let now = self.now.timestamp();
+        // Due holds of the state, and holds placed by batches still in flight that are due
+        // already (the clock may have moved on since).
         let due: Vec<String> = self
             .base
             .expiry
-            .range(..=(self.now.timestamp(), String::from("\u{10FFFF}")))
+            .range(..=(now, String::from("\u{10FFFF}")))
             .map(|(_, id)| id.clone())
+            .chain(self.in_flight.iter().flat_map(|delta| {
+                delta
+                    .holds
+                    .values()
+                    .filter(|h| h.state == HoldState::Pending && h.expires_at <= now)
+                    .map(|h| h.hold_id.clone())
+            }))
             .collect();
         for id in due {
             if let Ok(Some(hold)) = self.hold(&id) {
@@ -532,10 +634,7 @@ impl<'a, L: Lookup> Tx<'a, L> {
             )));
         }
         let fingerprint = fingerprint(&request.command);
-        let known = match self.delta.idempotency.get(&request.key) {
-            Some(record) => Some(record.clone()),
-            None => self.lookup.idempotency(&request.key)?,
-        };
+        let known = self.idempotency(&request.key)?;
         if let Some(record) = known {
             return if record.fingerprint == fingerprint {
                 Ok(record.outcome)
@@ -837,11 +936,13 @@ impl<'a, L: Lookup> Tx<'a, L> {
         &mut self,
         select: impl Fn(&HoldRecord) -> bool,
     ) -> Result<u64, CommandError> {
-        // Candidates from the state and the overlay; the overlay's view of each decides.
+        // Candidates from the state, the batches in flight and this one; the newest view of
+        // each decides.
         let mut ids: Vec<String> = self
             .base
             .pending
             .keys()
+            .chain(self.in_flight.iter().flat_map(|delta| delta.holds.keys()))
             .chain(self.delta.holds.keys())
             .cloned()
             .collect();

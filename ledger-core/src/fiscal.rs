@@ -68,9 +68,21 @@ impl Year {
     }
 }
 
+impl Year {
+    /// The year's four digits as `Display` prints them, without the formatting machinery.
+    pub fn digits(self) -> [u8; 4] {
+        let year = u32::try_from(self.0).expect("a Year is YEAR_MIN..=YEAR_MAX by construction");
+        let digit = |place: u32| {
+            u8::try_from(year / place % 10).expect("a remainder of 10 is one digit") + b'0'
+        };
+        [digit(1000), digit(100), digit(10), digit(1)]
+    }
+}
+
 impl fmt::Display for Year {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{:04}", self.0)
+        let digits = self.digits();
+        f.write_str(std::str::from_utf8(&digits).expect("a year's digits are ASCII"))
     }
 }
 

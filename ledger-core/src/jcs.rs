@@ -78,30 +78,79 @@ fn write_number(number: &serde_json::Number, out: &mut Vec<u8>) -> Result<(), Jc
     Ok(())
 }
 
-/// RFC 8785 §3.2.2.2: escaped as ECMAScript's JSON.stringify does. Only `"`, `\` and the
-/// C0 controls are escaped; everything else, U+2028/U+2029 and non-ASCII included, is
-/// written as literal UTF-8.
-fn write_string(text: &str, out: &mut Vec<u8>) {
+/// RFC 8785 §3.2.2.2: `text` as a JSON string, escaped as ECMAScript's JSON.stringify does.
+/// Only `"`, `\` and the C0 controls are escaped; everything else, U+2028/U+2029 and
+/// non-ASCII included, is written as literal UTF-8.
+pub fn write_string(text: &str, out: &mut Vec<u8>) {
     out.push(b'"');
-    for ch in text.chars() {
-        match ch {
-            '"' => out.extend_from_slice(b"\\\""),
-            '\\' => out.extend_from_slice(b"\\\\"),
-            '\u{8}' => out.extend_from_slice(b"\\b"),
-            '\u{c}' => out.extend_from_slice(b"\\f"),
-            '\n' => out.extend_from_slice(b"\\n"),
-            '\r' => out.extend_from_slice(b"\\r"),
-            '\t' => out.extend_from_slice(b"\\t"),
-            '\u{0}'..='\u{1f}' => {
-                out.extend_from_slice(format!("\\u{:04x}", u32::from(ch)).as_bytes());
-            }
-            _ => {
-                let mut buffer = [0u8; 4];
-                out.extend_from_slice(ch.encode_utf8(&mut buffer).as_bytes());
+    write_string_contents(text, out);
+    out.push(b'"');
+}
+
+/// The escaped contents of a JSON string, without the quotes. Runs of bytes that need no
+/// escape are copied at once: every byte of a multi-byte UTF-8 sequence is 0x80 or above, so
+/// only ASCII bytes can need an escape.
+pub fn write_string_contents(text: &str, out: &mut Vec<u8>) {
+    let mut rest = text.as_bytes();
+    loop {
+        let plain = plain_prefix_len(rest);
+        out.extend_from_slice(&rest[..plain]);
+        let Some((&byte, after)) = rest[plain..].split_first() else {
+            return;
+        };
+        // The two-character escapes JSON.stringify uses; other C0 controls get \u00xx.
+        let short_escape: Option<&[u8]> = match byte {
+            b'"' => Some(b"\\\""),
+            b'\\' => Some(b"\\\\"),
+            0x08 => Some(b"\\b"),
+            0x0c => Some(b"\\f"),
+            b'\n' => Some(b"\\n"),
+            b'\r' => Some(b"\\r"),
+            b'\t' => Some(b"\\t"),
+            _ => None,
+        };
+        match short_escape {
+            Some(escape) => out.extend_from_slice(escape),
+            None => {
+                const HEX_DIGITS: &[u8; 16] = b"0123456789abcdef";
+                out.extend_from_slice(b"\\u00");
+                out.push(HEX_DIGITS[usize::from(byte >> 4)]);
+                out.push(HEX_DIGITS[usize::from(byte & 0x0f)]);
             }
         }
+        rest = after;
     }
-    out.push(b'"');
+}
+
+/// How many leading bytes of `bytes` a JSON string holds as they are: up to the first `"`,
+/// `\` or C0 control (or all of them). Looks at eight bytes at a time, since most strings
+/// in a journal have nothing to escape.
+pub fn plain_prefix_len(bytes: &[u8]) -> usize {
+    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
+    const QUOTES: u64 = u64::from_ne_bytes([b'"'; 8]);
+    const BACKSLASHES: u64 = u64::from_ne_bytes([b'\\'; 8]);
+    const SPACES: u64 = u64::from_ne_bytes([0x20; 8]);
+    // A byte's high bit set here, for any byte of `word` below `limit` (which is at most
+    // 0x80). The classic "has less than" test: exact for the first such byte, which is all
+    // the caller needs.
+    let any_below = |word: u64, limit: u64| word.wrapping_sub(limit) & !word & HIGHS;
+    let mut position = 0;
+    for chunk in bytes.chunks_exact(8) {
+        let word = u64::from_ne_bytes(chunk.try_into().expect("chunks_exact(8) gives 8 bytes"));
+        let special = any_below(word ^ QUOTES, ONES)
+            | any_below(word ^ BACKSLASHES, ONES)
+            | any_below(word, SPACES);
+        if special != 0 {
+            break;
+        }
+        position += 8;
+    }
+    position
+        + bytes[position..]
+            .iter()
+            .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+            .unwrap_or(bytes.len() - position)
 }
 
 #[cfg(test)]
@@ -200,6 +249,42 @@ mod tests {
             "\"\u{7f}\u{2028}\u{2029}\"",
         );
         check_value(json!("服务未完成"), "\"服务未完成\"");
+    }
+
+    #[test]
+    fn plain_prefix_stops_at_the_first_byte_to_escape() {
+        let check = |text: &[u8], expected: usize| {
+            assert_eq!(plain_prefix_len(text), expected, "{text:?}");
+        };
+        check(b"", 0);
+        check(b"abc", 3);
+        check(b"abcdefghijklmnop", 16);
+        check(b"abcdefgh\"", 8);
+        check(b"abcdefghi\\", 9);
+        check(b"ab\x1fcdefghij", 2);
+        check(b"abcdefghijklm\x00", 13);
+        check("\u{4e00}\u{2028}\x7f ".as_bytes(), 8);
+        check(b"\x80\x81\xff\x20\x21\x22", 5);
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn plain_prefix_matches_a_byte_scan(bytes in proptest::collection::vec(proptest::prelude::any::<u8>(), 0..40)) {
+            let expected = bytes
+                .iter()
+                .position(|&b| b == b'"' || b == b'\\' || b < 0x20)
+                .unwrap_or(bytes.len());
+            proptest::prop_assert_eq!(plain_prefix_len(&bytes), expected);
+        }
+
+        /// JSON.stringify's escaping is serde_json's too: same set, same short forms,
+        /// lowercase hex.
+        #[test]
+        fn write_string_matches_serde_json(text in "(\\PC|[\\x00-\\x1f\"\\\\\u{2028}\u{7f}])*") {
+            let mut out = Vec::new();
+            write_string(&text, &mut out);
+            proptest::prop_assert_eq!(out, serde_json::to_vec(&text).expect("a string serialises"));
+        }
     }
 
     #[test]

@@ -1,22 +1,29 @@
 //! The ledger handle: opens the store and rebuilds the state, runs the single writer thread
-//! that sequences every command (group commit: all commands waiting when a batch starts
-//! share one sled batch and one fsync), and serves reads concurrently from the state that is
+//! that sequences every command, and serves reads concurrently from the state that is
 //! already durable.
+//!
+//! Group commit, pipelined: the writer applies all commands waiting when a batch starts and
+//! hands the batch's writes to the committer thread, which writes them as one sled batch and
+//! makes them durable (flush, then fsync); batches that queue up behind a sync share the
+//! next one. While the committer syncs, the writer applies the next batch on top of the
+//! batches still in flight. A batch is merged into the state that readers see, and its
+//! commands are answered, only after the committer has reported it durable, in order.
 
 use crate::account::{AccountId, Balance};
 use crate::checkpoint::{Checkpoint, LedgerKey};
 use crate::clock::Clock;
 use crate::command::{CommandError, Outcome, Request};
-use crate::engine::{HoldRecord, IdempotencyRecord, Lookup, State, Tx};
+use crate::engine::{Delta, HoldRecord, IdempotencyRecord, Lookup, OpenBatch, State, Tx};
 use crate::fiscal::{format_timestamp, Year};
 use crate::journal::{Entry, JournalError};
 use crate::merkle::{Hash, MerkleError};
 use crate::storage::{StorageError, Store, WriteSet};
 use chrono::{DateTime, Utc};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, RwLock, RwLockReadGuard};
+use std::sync::{Arc, Condvar, Mutex, RwLock, RwLockReadGuard};
 use std::thread::JoinHandle;
 use std::time::Duration;
 
@@ -24,6 +31,12 @@ use std::time::Duration;
 pub const BATCH_REQUESTS_MAX: usize = 8192;
 /// Most requests the submit queue holds before submitters wait.
 pub const QUEUE_JOBS_MAX: usize = 65_536;
+/// Most batches handed to the committer and not yet durable. One is enough: while the
+/// committer writes and syncs it, the writer applies the commands that arrive to the next
+/// batch, which is ready the moment the committer is free.
+const IN_FLIGHT_BATCHES_MAX: usize = 1;
+/// How often the writer, while the committer is busy, applies the commands that came in.
+const APPLY_POLL: Duration = Duration::from_micros(250);
 /// How often an idle writer looks for holds that have come due.
 const EXPIRY_POLL: Duration = Duration::from_millis(500);
 /// Most entries one export page returns (API.md: M <= 10000).
@@ -76,6 +89,75 @@ impl Job {
     }
 }
 
+/// Where a waiting submitter's answer lands. A mutex and a condvar park the submitter at
+/// once, where a channel would spin and yield first: with dozens of submitters on a few
+/// cores, that spinning took more CPU than the commits themselves.
+struct ReplySlot<T> {
+    answer: Mutex<Answer<T>>,
+    filled: Condvar,
+}
+
+enum Answer<T> {
+    Waiting,
+    /// `None` when the writer dropped the request unanswered (it stopped).
+    Filled(Option<T>),
+}
+
+/// The writer's end of a `ReplySlot`; dropping it unsent fills the slot with `None`, so a
+/// submitter never waits for a writer that is gone.
+struct ReplySender<T>(Option<Arc<ReplySlot<T>>>);
+
+fn reply_slot<T>() -> (ReplySender<T>, Arc<ReplySlot<T>>) {
+    let slot = Arc::new(ReplySlot {
+        answer: Mutex::new(Answer::Waiting),
+        filled: Condvar::new(),
+    });
+    (ReplySender(Some(Arc::clone(&slot))), slot)
+}
+
+impl<T> ReplySlot<T> {
+    fn fill(&self, value: Option<T>) {
+        *self
+            .answer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner()) = Answer::Filled(value);
+        self.filled.notify_one();
+    }
+
+    /// Parks until the answer is in; `None` if the writer dropped the request.
+    fn wait(&self) -> Option<T> {
+        let mut answer = self
+            .answer
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        loop {
+            if let Answer::Filled(value) = std::mem::replace(&mut *answer, Answer::Waiting) {
+                return value;
+            }
+            answer = self
+                .filled
+                .wait(answer)
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+        }
+    }
+}
+
+impl<T> ReplySender<T> {
+    fn send(mut self, value: T) {
+        if let Some(slot) = self.0.take() {
+            slot.fill(Some(value));
+        }
+    }
+}
+
+impl<T> Drop for ReplySender<T> {
+    fn drop(&mut self) {
+        if let Some(slot) = self.0.take() {
+            slot.fill(None);
+        }
+    }
+}
+
 struct Shared {
     state: RwLock<State>,
     store: Store,
@@ -88,6 +170,7 @@ pub struct Ledger {
     shared: Arc<Shared>,
     sender: Option<Sender<Job>>,
     writer: Option<JoinHandle<()>>,
+    committer: Option<JoinHandle<()>>,
 }
 
 struct StoreLookup<'a>(&'a Store);
@@ -147,15 +230,36 @@ impl Ledger {
             stopped: AtomicBool::new(false),
         });
         let (sender, receiver) = crossbeam_channel::bounded(QUEUE_JOBS_MAX);
+        let (commit_sender, commit_receiver) = crossbeam_channel::bounded(IN_FLIGHT_BATCHES_MAX);
+        let (durable_sender, durable_receiver) = crossbeam_channel::bounded(IN_FLIGHT_BATCHES_MAX);
         let writer_shared = Arc::clone(&shared);
         let writer = std::thread::Builder::new()
             .name("ledger-writer".into())
-            .spawn(move || writer_loop(&writer_shared, &receiver))
+            .spawn(move || {
+                Writer {
+                    shared: &writer_shared,
+                    jobs: &receiver,
+                    commits: &commit_sender,
+                    durable: &durable_receiver,
+                    in_flight: VecDeque::new(),
+                    open: None,
+                    next_batch: 0,
+                }
+                .run();
+            })
             .expect("spawning the writer thread at start-up");
+        let committer_shared = Arc::clone(&shared);
+        let committer = std::thread::Builder::new()
+            .name("ledger-committer".into())
+            .spawn(move || {
+                committer_loop(&committer_shared.store, &commit_receiver, &durable_sender)
+            })
+            .expect("spawning the committer thread at start-up");
         Ledger {
             shared,
             sender: Some(sender),
             writer: Some(writer),
+            committer: Some(committer),
         }
     }
 
@@ -165,15 +269,7 @@ impl Ledger {
             None => Some(job),
         };
         if let Some(job) = refused {
-            match job {
-                Job::Each(requests, reply) => reply(
-                    requests
-                        .iter()
-                        .map(|_| Err(CommandError::Stopped))
-                        .collect(),
-                ),
-                Job::Atomic(_, _, reply) => reply(Err(CommandError::Stopped)),
-            }
+            refuse(job, &CommandError::Stopped);
         }
     }
 
@@ -206,22 +302,18 @@ impl Ledger {
 
     /// Submits independent requests and waits until they are durable.
     pub fn submit_each(&self, requests: Vec<Request>) -> Results {
-        let (tx, rx) = crossbeam_channel::bounded(1);
+        let (sender, slot) = reply_slot();
         let n = requests.len();
-        self.submit_each_with(requests, move |r| {
-            let _ = tx.send(r);
-        });
-        rx.recv()
-            .unwrap_or_else(|_| (0..n).map(|_| Err(CommandError::Stopped)).collect())
+        self.submit_each_with(requests, move |r| sender.send(r));
+        slot.wait()
+            .unwrap_or_else(|| (0..n).map(|_| Err(CommandError::Stopped)).collect())
     }
 
     /// Submits an all-or-nothing group and waits until it is durable.
     pub fn submit_atomic(&self, requests: Vec<Request>, records: Vec<Record>) -> AtomicResult {
-        let (tx, rx) = crossbeam_channel::bounded(1);
-        self.submit_atomic_with(requests, records, move |r| {
-            let _ = tx.send(r);
-        });
-        rx.recv().unwrap_or(Err(CommandError::Stopped))
+        let (sender, slot) = reply_slot();
+        self.submit_atomic_with(requests, records, move |r| sender.send(r));
+        slot.wait().unwrap_or(Err(CommandError::Stopped))
     }
 
     pub fn now(&self) -> DateTime<Utc> {
@@ -361,10 +453,14 @@ impl Ledger {
 }
 
 impl Drop for Ledger {
+    /// Closes the queue; the writer answers what it holds once durable, then both threads end.
     fn drop(&mut self) {
         self.sender = None;
         if let Some(writer) = self.writer.take() {
             let _ = writer.join();
+        }
+        if let Some(committer) = self.committer.take() {
+            let _ = committer.join();
         }
     }
 }
@@ -415,76 +511,302 @@ fn rebuild(store: &Store, verify: Verify) -> Result<State, OpenError> {
     Ok(state)
 }
 
-fn writer_loop(shared: &Shared, receiver: &Receiver<Job>) {
-    loop {
-        let first = match receiver.recv_timeout(EXPIRY_POLL) {
-            Ok(job) => Some(job),
-            Err(RecvTimeoutError::Timeout) => None,
-            Err(RecvTimeoutError::Disconnected) => return,
-        };
-        let mut jobs = Vec::new();
-        let mut count = 0;
-        if let Some(job) = first {
-            count += job.len();
-            jobs.push(job);
-            while count < BATCH_REQUESTS_MAX {
-                match receiver.try_recv() {
-                    Ok(job) => {
-                        count += job.len();
-                        jobs.push(job);
-                    }
-                    Err(_) => break,
-                }
-            }
-        } else {
-            let now = shared.clock.now();
-            if !read_state(shared).has_due_holds(now) {
-                continue;
-            }
-        }
-        if !run_batch(shared, jobs) {
-            shared.stopped.store(true, Ordering::SeqCst);
-            return;
-        }
-    }
-}
-
+/// What was answered to a batch's commands, and to whom, until the batch is durable.
 enum Done {
     Each(Results, Box<dyn FnOnce(Results) + Send>),
     Atomic(AtomicResult, Box<dyn FnOnce(AtomicResult) + Send>),
 }
 
-/// Applies, persists and publishes one batch; false when storage failed (the writer stops:
-/// the in-memory overlay can no longer be trusted to match the disk).
-fn run_batch(shared: &Shared, jobs: Vec<Job>) -> bool {
-    let lookup = StoreLookup(&shared.store);
-    let (delta, done, records) = {
-        let state = read_state(shared);
-        let now = shared
-            .clock
-            .now()
-            .max(state.last_time().unwrap_or(DateTime::<Utc>::MIN_UTC));
-        let mut tx = Tx::new(&state, &lookup, now);
-        tx.expire_due();
-        let mut done = Vec::with_capacity(jobs.len());
-        let mut records = Vec::new();
+impl Done {
+    fn answer(self) {
+        match self {
+            Done::Each(results, reply) => reply(results),
+            Done::Atomic(result, reply) => reply(result),
+        }
+    }
+
+    /// Answers every command with `error` instead: nothing of the batch may be acknowledged.
+    fn fail(self, error: &CommandError) {
+        match self {
+            Done::Each(results, reply) => {
+                reply(results.iter().map(|_| Err(error.clone())).collect())
+            }
+            Done::Atomic(_, reply) => reply(Err(error.clone())),
+        }
+    }
+}
+
+/// A batch the writer has applied and handed to the committer, answered once durable.
+struct InFlight {
+    id: u64,
+    delta: Delta,
+    done: Vec<Done>,
+}
+
+/// The batch still taking commands, and what its commands will be answered.
+struct Open {
+    batch: OpenBatch,
+    done: Vec<Done>,
+    records: Vec<Record>,
+    requests: usize,
+}
+
+/// One batch's writes for the committer.
+struct Commit {
+    id: u64,
+    set: WriteSet,
+}
+
+/// The committer's word: every batch up to `through` is durable, or storage failed (and
+/// nothing after the last good word is).
+struct Durable {
+    through: u64,
+    result: Result<(), String>,
+}
+
+/// The writer thread: sequences every command. Commands are applied as they arrive to the
+/// open batch; the open batch goes to the committer as soon as the committer has room.
+struct Writer<'a> {
+    shared: &'a Shared,
+    jobs: &'a Receiver<Job>,
+    commits: &'a Sender<Commit>,
+    durable: &'a Receiver<Durable>,
+    /// Batches handed to the committer and not yet reported durable, oldest first.
+    in_flight: VecDeque<InFlight>,
+    open: Option<Open>,
+    next_batch: u64,
+}
+
+/// What the writer does next.
+enum Next {
+    Apply(Vec<Job>),
+    Durable(Durable),
+    /// Nothing has happened for a while: time to look for holds that came due.
+    Idle,
+    /// The ledger was dropped: finish what is open and in flight, then end.
+    Close,
+}
+
+impl Writer<'_> {
+    fn run(mut self) {
+        loop {
+            if self.open.is_some() && self.in_flight.len() < IN_FLIGHT_BATCHES_MAX {
+                if let Err(message) = self.send_open() {
+                    return self.stop(message);
+                }
+            }
+            let result = match self.wait() {
+                Next::Apply(jobs) => {
+                    self.apply(jobs);
+                    Ok(())
+                }
+                Next::Durable(durable) => self.publish(durable),
+                Next::Idle => {
+                    let now = self.shared.clock.now();
+                    if read_state(self.shared).has_due_holds(now) {
+                        self.apply(Vec::new());
+                    }
+                    Ok(())
+                }
+                Next::Close => return self.close(),
+            };
+            if let Err(message) = result {
+                return self.stop(message);
+            }
+        }
+    }
+
+    /// Waits for the next thing to do: the committer's word first, then commands (taking
+    /// every one already queued, up to a batch).
+    fn wait(&self) -> Next {
+        if let Ok(durable) = self.durable.try_recv() {
+            return Next::Durable(durable);
+        }
+        let room = BATCH_REQUESTS_MAX.saturating_sub(self.open.as_ref().map_or(0, |o| o.requests));
+        let first = if self.in_flight.is_empty() && self.open.is_none() {
+            match self.jobs.recv_timeout(EXPIRY_POLL) {
+                Ok(job) => job,
+                Err(RecvTimeoutError::Timeout) => return Next::Idle,
+                Err(RecvTimeoutError::Disconnected) => return Next::Close,
+            }
+        } else {
+            // The committer is busy. Rather than be woken by every command that arrives,
+            // look at the queue every APPLY_POLL and apply what has come in the meantime.
+            loop {
+                match self.durable.recv_timeout(APPLY_POLL) {
+                    Ok(durable) => return Next::Durable(durable),
+                    Err(RecvTimeoutError::Disconnected) => return Next::Close,
+                    Err(RecvTimeoutError::Timeout) if room == 0 => continue,
+                    Err(RecvTimeoutError::Timeout) => match self.jobs.try_recv() {
+                        Ok(job) => break job,
+                        Err(TryRecvError::Empty) => continue,
+                        Err(TryRecvError::Disconnected) => return Next::Close,
+                    },
+                }
+            }
+        };
+        let mut count = first.len();
+        let mut jobs = vec![first];
+        while count < room {
+            match self.jobs.try_recv() {
+                Ok(job) => {
+                    count += job.len();
+                    jobs.push(job);
+                }
+                Err(_) => break,
+            }
+        }
+        Next::Apply(jobs)
+    }
+
+    /// Applies `jobs` to the open batch (opening one, and releasing the holds due at its
+    /// time, if none is open), on top of the state and the batches in flight.
+    fn apply(&mut self, jobs: Vec<Job>) {
+        let lookup = StoreLookup(&self.shared.store);
+        let unsaved: Vec<&Delta> = self.in_flight.iter().map(|b| &b.delta).collect();
+        let state = read_state(self.shared);
+        let mut open = match self.open.take() {
+            Some(open) => open,
+            None => {
+                let last_time = unsaved
+                    .last()
+                    .map(|delta| delta.now)
+                    .or(state.last_time())
+                    .unwrap_or(DateTime::<Utc>::MIN_UTC);
+                let now = self.shared.clock.now().max(last_time);
+                let mut tx = Tx::new(&state, &unsaved, &lookup, now);
+                tx.expire_due();
+                Open {
+                    batch: tx.suspend(),
+                    done: Vec::new(),
+                    records: Vec::new(),
+                    requests: 0,
+                }
+            }
+        };
+        let mut tx = Tx::resume(&state, &unsaved, &lookup, open.batch);
         for job in jobs {
+            open.requests += job.len();
             match job {
                 Job::Each(requests, reply) => {
                     let results = requests.iter().map(|r| tx.apply(r)).collect();
-                    done.push(Done::Each(results, reply));
+                    open.done.push(Done::Each(results, reply));
                 }
-                Job::Atomic(requests, job_records, reply) => {
+                Job::Atomic(requests, records, reply) => {
                     let result = tx.apply_all(&requests);
                     if result.is_ok() {
-                        records.extend(job_records);
+                        open.records.extend(records);
                     }
-                    done.push(Done::Atomic(result, reply));
+                    open.done.push(Done::Atomic(result, reply));
                 }
             }
         }
-        (tx.finish(), done, records)
-    };
+        open.batch = tx.suspend();
+        self.open = Some(open);
+    }
+
+    /// Hands the open batch's writes to the committer.
+    fn send_open(&mut self) -> Result<(), String> {
+        let Some(open) = self.open.take() else {
+            return Ok(());
+        };
+        let delta = open.batch.finish();
+        let set = write_set(&delta, open.records);
+        let id = self.next_batch;
+        self.next_batch += 1;
+        self.in_flight.push_back(InFlight {
+            id,
+            delta,
+            done: open.done,
+        });
+        self.commits
+            .send(Commit { id, set })
+            .map_err(|_| "the committer stopped".to_string())
+    }
+
+    /// Takes the batches the committer made durable off the in-flight queue, hands the open
+    /// batch over at once (the committer is free), then merges them into the state in order
+    /// and answers their commands. A storage failure is returned: nothing in flight or open
+    /// may then be acknowledged.
+    fn publish(&mut self, durable: Durable) -> Result<(), String> {
+        durable.result?;
+        let mut durable_batches = Vec::new();
+        while self
+            .in_flight
+            .front()
+            .is_some_and(|batch| batch.id <= durable.through)
+        {
+            durable_batches.extend(self.in_flight.pop_front());
+        }
+        if self.in_flight.len() < IN_FLIGHT_BATCHES_MAX {
+            self.send_open()?;
+        }
+        let mut answered = Vec::new();
+        {
+            let mut state = self
+                .shared
+                .state
+                .write()
+                .unwrap_or_else(|poisoned| poisoned.into_inner());
+            for batch in durable_batches {
+                state.merge(batch.delta);
+                answered.extend(batch.done);
+            }
+        }
+        for done in answered {
+            done.answer();
+        }
+        Ok(())
+    }
+
+    /// The ledger was dropped: the open batch goes to the committer and every batch is
+    /// answered once durable.
+    fn close(mut self) {
+        if let Err(message) = self.send_open() {
+            return self.stop(message);
+        }
+        while !self.in_flight.is_empty() {
+            let result = match self.durable.recv() {
+                Ok(durable) => self.publish(durable),
+                Err(_) => Err("the committer stopped".to_string()),
+            };
+            if let Err(message) = result {
+                return self.stop(message);
+            }
+        }
+    }
+
+    /// Stops after a storage failure: everything in flight or open is answered with the
+    /// error, since the disk may now hold less than the batches applied on top of it
+    /// assumed, and whatever is still queued will never be applied.
+    fn stop(mut self, message: String) {
+        self.shared.stopped.store(true, Ordering::SeqCst);
+        let error = CommandError::Storage(message);
+        let open = self.open.take().map(|open| open.done).unwrap_or_default();
+        for done in self
+            .in_flight
+            .drain(..)
+            .flat_map(|batch| batch.done)
+            .chain(open)
+        {
+            done.fail(&error);
+        }
+        while let Ok(job) = self.jobs.try_recv() {
+            refuse(job, &CommandError::Stopped);
+        }
+    }
+}
+
+/// Answers a job the writer will never apply.
+fn refuse(job: Job, error: &CommandError) {
+    match job {
+        Job::Each(requests, reply) => reply(requests.iter().map(|_| Err(error.clone())).collect()),
+        Job::Atomic(_, _, reply) => reply(Err(error.clone())),
+    }
+}
+
+/// The encoded writes of one batch.
+fn write_set(delta: &Delta, records: Vec<Record>) -> WriteSet {
     let mut set = WriteSet {
         entries: delta.entries.iter().map(|e| (e.seq, e.to_line())).collect(),
         holds: delta
@@ -503,35 +825,39 @@ fn run_batch(shared: &Shared, jobs: Vec<Job>) -> bool {
     };
     if !set.is_empty() {
         set.last_time = Some(delta.now.timestamp());
-        if let Err(e) = shared.store.commit(set) {
-            // Nothing of this batch may be acknowledged: it may or may not be on disk.
-            let message = format!("commit failed, ledger stopped: {e}");
-            for d in done {
-                match d {
-                    Done::Each(results, reply) => reply(
-                        results
-                            .iter()
-                            .map(|_| Err(CommandError::Storage(message.clone())))
-                            .collect(),
-                    ),
-                    Done::Atomic(_, reply) => reply(Err(CommandError::Storage(message.clone()))),
-                }
-            }
-            return false;
+    }
+    set
+}
+
+/// The committer thread: writes each batch as one atomic sled batch, and makes every batch
+/// waiting at that moment durable with one sync before reporting them, in order. Stops at
+/// the first storage failure, which it reports.
+fn committer_loop(store: &Store, commits: &Receiver<Commit>, durable: &Sender<Durable>) {
+    while let Ok(first) = commits.recv() {
+        let mut through = first.id;
+        let mut wrote = !first.set.is_empty();
+        let mut result = store.write(first.set);
+        while result.is_ok() {
+            let Ok(next) = commits.try_recv() else {
+                break;
+            };
+            through = next.id;
+            wrote |= !next.set.is_empty();
+            result = store.write(next.set);
+        }
+        // Batches that wrote nothing need no sync: the ones before them were synced already.
+        if result.is_ok() && wrote {
+            result = store.sync();
+        }
+        let failed = result.is_err();
+        let word = Durable {
+            through,
+            result: result.map_err(|e| format!("commit failed, ledger stopped: {e}")),
+        };
+        if durable.send(word).is_err() || failed {
+            return;
         }
     }
-    shared
-        .state
-        .write()
-        .unwrap_or_else(|poisoned| poisoned.into_inner())
-        .merge(delta);
-    for d in done {
-        match d {
-            Done::Each(results, reply) => reply(results),
-            Done::Atomic(result, reply) => reply(result),
-        }
-    }
-    true
 }
 
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {

@@ -233,6 +233,66 @@ impl MerkleTree {
     }
 }
 
+/// The right edge of a growing tree: the root of each perfect subtree that the tree of
+/// `len` leaves splits into (one per set bit of `len`, largest first). Enough for the root
+/// of everything pushed so far in O(log n) memory, which is all a verifier streaming the
+/// journal needs; [`MerkleTree`] keeps every level to answer proofs.
+#[derive(Debug, Clone, Default)]
+pub struct MerkleFrontier {
+    roots: Vec<Hash>,
+    len: u64,
+}
+
+impl MerkleFrontier {
+    pub fn new() -> MerkleFrontier {
+        MerkleFrontier::default()
+    }
+
+    /// Appends one entry hash.
+    pub fn push(&mut self, entry_hash: &Hash) {
+        self.push_leaf(leaf_hash(entry_hash));
+    }
+
+    /// Appends a leaf whose hash (`leaf_hash` of its entry hash) was computed elsewhere,
+    /// for instance in parallel. Each trailing one bit of the old size completes a perfect
+    /// subtree, which merges with its left neighbour.
+    pub fn push_leaf(&mut self, leaf: Hash) {
+        let mut node = leaf;
+        let mut size = self.len;
+        while size & 1 == 1 {
+            let left = self
+                .roots
+                .pop()
+                .expect("the frontier holds one root per set bit of len");
+            node = node_hash(&left, &node);
+            size >>= 1;
+        }
+        self.roots.push(node);
+        self.len += 1;
+    }
+
+    /// Number of leaves pushed.
+    pub fn len(&self) -> u64 {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// RFC 9162 MTH of the leaves pushed: the split at the largest power of two makes the
+    /// root a right fold over the perfect subtrees, smallest (rightmost) first.
+    pub fn root(&self) -> Hash {
+        match self.roots.split_last() {
+            None => empty_root(),
+            Some((last, rest)) => rest
+                .iter()
+                .rev()
+                .fold(*last, |right, left| node_hash(left, &right)),
+        }
+    }
+}
+
 /// RFC 9162 §2.1.3.2: whether `path` proves the entry at `index` is in the tree of `size`
 /// leaves with root `root`. `fn`/`sn` are the RFC's names (`fn` is a Rust keyword).
 pub fn verify_inclusion(
@@ -554,6 +614,23 @@ mod tests {
         let (from_root, to_root) = (tree.root_at(5).expect("5"), tree.root_at(7).expect("7"));
         assert!(verify_consistency(5, 7, &from_root, &to_root, &path));
         assert!(verify_consistency(5, 8, &from_root, &to_root, &path));
+    }
+
+    #[test]
+    fn frontier_roots_match_the_model_for_every_size() {
+        let leaves = distinct_entry_hashes(70, 3);
+        let mut frontier = MerkleFrontier::new();
+        let mut from_leaves = MerkleFrontier::new();
+        for size in 0..=leaves.len() {
+            assert_eq!(frontier.root(), root_of(&leaves[..size]), "size {size}");
+            assert_eq!(from_leaves.root(), frontier.root(), "size {size}");
+            assert_eq!(frontier.len(), to_u64(size));
+            assert_eq!(frontier.is_empty(), size == 0);
+            if let Some(entry_hash) = leaves.get(size) {
+                frontier.push(entry_hash);
+                from_leaves.push_leaf(leaf_hash(entry_hash));
+            }
+        }
     }
 
     #[test]

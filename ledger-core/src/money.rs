@@ -93,36 +93,75 @@ impl Fen {
     /// Parses the wire format: non-negative decimal yuan, ASCII digits, no leading zero but a
     /// lone `0`, and an optional `.` followed by one or two digits; at most [`AMOUNT_MAX_FEN`].
     pub fn parse_amount(text: &str) -> Result<Fen, MoneyError> {
-        check_characters(text)?;
-        let (integer, fraction) = match text.split_once('.') {
-            Some((integer, fraction)) => (integer, Some(fraction)),
-            None => (text, None),
-        };
-        if integer.is_empty() {
-            return Err(MoneyError::MissingIntegerPart);
+        match parse_plain_amount(text) {
+            Some(fen) => Ok(fen),
+            None => parse_amount_checked(text),
         }
-        if integer.len() > 1 && integer.starts_with('0') {
-            return Err(MoneyError::LeadingZero);
-        }
-        let fraction_fen = match fraction {
-            None => 0,
-            Some("") => return Err(MoneyError::MissingFractionDigits),
-            Some(digits) if digits.len() > FRACTION_DIGITS_MAX => {
-                return Err(MoneyError::TooManyFractionDigits)
-            }
-            // One digit means tenths of a yuan, i.e. ten fen each.
-            Some(digits) if digits.len() == 1 => digits_value(digits)? * 10,
-            Some(digits) => digits_value(digits)?,
-        };
-        let fen = digits_value(integer)?
-            .checked_mul(FEN_PER_YUAN)
-            .and_then(|fen| fen.checked_add(fraction_fen))
-            .ok_or(MoneyError::TooLarge)?;
-        if fen > AMOUNT_MAX_FEN {
-            return Err(MoneyError::TooLarge);
-        }
-        Ok(Fen(fen))
     }
+}
+
+/// `Fen::parse_amount`, each rule checked in turn so that a refusal names what is wrong.
+fn parse_amount_checked(text: &str) -> Result<Fen, MoneyError> {
+    check_characters(text)?;
+    let (integer, fraction) = match text.split_once('.') {
+        Some((integer, fraction)) => (integer, Some(fraction)),
+        None => (text, None),
+    };
+    if integer.is_empty() {
+        return Err(MoneyError::MissingIntegerPart);
+    }
+    if integer.len() > 1 && integer.starts_with('0') {
+        return Err(MoneyError::LeadingZero);
+    }
+    let fraction_fen = match fraction {
+        None => 0,
+        Some("") => return Err(MoneyError::MissingFractionDigits),
+        Some(digits) if digits.len() > FRACTION_DIGITS_MAX => {
+            return Err(MoneyError::TooManyFractionDigits)
+        }
+        // One digit means tenths of a yuan, i.e. ten fen each.
+        Some(digits) if digits.len() == 1 => digits_value(digits)? * 10,
+        Some(digits) => digits_value(digits)?,
+    };
+    let fen = digits_value(integer)?
+        .checked_mul(FEN_PER_YUAN)
+        .and_then(|fen| fen.checked_add(fraction_fen))
+        .ok_or(MoneyError::TooLarge)?;
+    if fen > AMOUNT_MAX_FEN {
+        return Err(MoneyError::TooLarge);
+    }
+    Ok(Fen(fen))
+}
+
+/// One pass over the common well-formed amount (`58`, `58.5`, `58.50`); `None` for anything
+/// else, which the full parser then accepts or explains. Accepts exactly what the full
+/// parser accepts among such texts (a test holds it to that).
+fn parse_plain_amount(text: &str) -> Option<Fen> {
+    let (integer, fraction) = match text.split_once('.') {
+        Some((integer, fraction)) => (integer, fraction),
+        None => (text, ""),
+    };
+    let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());
+    let plain_integer = match integer.len() {
+        1 => all_digits(integer),
+        // Up to 15 digits: at most AMOUNT_MAX_FEN's 13 yuan digits, and no i64 overflow.
+        2..=15 => !integer.starts_with('0') && all_digits(integer),
+        _ => false,
+    };
+    let fraction_fen = match (text.len() == integer.len(), fraction.len()) {
+        (true, _) => 0,
+        (false, 1) if all_digits(fraction) => digits_value(fraction).ok()? * 10,
+        (false, 2) if all_digits(fraction) => digits_value(fraction).ok()?,
+        _ => return None,
+    };
+    if !plain_integer {
+        return None;
+    }
+    let fen = digits_value(integer)
+        .ok()?
+        .checked_mul(FEN_PER_YUAN)?
+        .checked_add(fraction_fen)?;
+    (fen <= AMOUNT_MAX_FEN).then_some(Fen(fen))
 }
 
 /// Rejects every character that cannot appear in the wire format, most telling reason first,
@@ -165,19 +204,63 @@ fn digits_value(digits: &str) -> Result<i64, MoneyError> {
     })
 }
 
-impl fmt::Display for Fen {
-    /// Yuan with exactly two fraction digits: `58.50`, `0.05`, `-58.50`.
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let sign = if self.0 < 0 { "-" } else { "" };
+/// Longest text a `Fen` prints: a sign, the 17 digits of i64::MIN's yuan, a point and two
+/// digits.
+const TEXT_LEN_MAX: usize = 21;
+
+/// An amount's printed text, kept on the stack for writers that must not allocate.
+pub struct FenText {
+    bytes: [u8; TEXT_LEN_MAX],
+    start: usize,
+}
+
+impl FenText {
+    pub fn as_str(&self) -> &str {
+        std::str::from_utf8(&self.bytes[self.start..])
+            .expect("FenText holds only ASCII digits, '-' and '.'")
+    }
+}
+
+impl Fen {
+    /// Yuan with exactly two fraction digits (`58.50`, `0.05`, `-58.50`), as `Display`
+    /// prints it, written without the formatting machinery (journal writers call this for
+    /// every posting).
+    pub fn to_text(self) -> FenText {
+        let mut text = FenText {
+            bytes: [0; TEXT_LEN_MAX],
+            start: TEXT_LEN_MAX,
+        };
+        let mut push = |byte: u8| {
+            text.start -= 1;
+            text.bytes[text.start] = byte;
+        };
+        // A remainder of 10 is below 10, so the cast is exact.
+        let digit = |value: u64| b'0' + (value % 10) as u8;
         // unsigned_abs keeps i64::MIN printable.
         let magnitude = self.0.unsigned_abs();
         let fen_per_yuan = FEN_PER_YUAN.unsigned_abs();
-        write!(
-            f,
-            "{sign}{}.{:02}",
-            magnitude / fen_per_yuan,
-            magnitude % fen_per_yuan
-        )
+        let (mut yuan, fen) = (magnitude / fen_per_yuan, magnitude % fen_per_yuan);
+        push(digit(fen));
+        push(digit(fen / 10));
+        push(b'.');
+        loop {
+            push(digit(yuan));
+            yuan /= 10;
+            if yuan == 0 {
+                break;
+            }
+        }
+        if self.0 < 0 {
+            push(b'-');
+        }
+        text
+    }
+}
+
+impl fmt::Display for Fen {
+    /// Yuan with exactly two fraction digits: `58.50`, `0.05`, `-58.50`.
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.to_text().as_str())
     }
 }
 
@@ -358,6 +441,23 @@ mod tests {
         #[test]
         fn parse_never_panics_on_any_text(text in any::<String>()) {
             let _ = Fen::parse_amount(&text);
+        }
+
+        #[test]
+        fn text_is_the_formatted_yuan_and_fen(fen in any::<i64>()) {
+            let sign = if fen < 0 { "-" } else { "" };
+            let magnitude = fen.unsigned_abs();
+            let expected = format!("{sign}{}.{:02}", magnitude / 100, magnitude % 100);
+            let text = Fen::from_fen(fen).to_text();
+            prop_assert_eq!(text.as_str(), expected.as_str());
+            prop_assert_eq!(Fen::from_fen(fen).to_string(), expected);
+        }
+
+        #[test]
+        fn plain_fast_path_agrees_with_the_checked_parser(text in "[0-9]{0,17}(\\.[0-9]{0,3})?|[0-9.]{0,20}") {
+            if let Some(fen) = parse_plain_amount(&text) {
+                prop_assert_eq!(parse_amount_checked(&text), Ok(fen));
+            }
         }
 
         #[test]

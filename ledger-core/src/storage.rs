@@ -4,7 +4,8 @@
 //! sled types never leave this module, so a second backend can sit behind the same API.
 //!
 //! Durability: sled 0.34.7's `flush()` ends in `sync_file_range`, which is not a durability
-//! barrier (sled issue #1452), so `commit` also calls `sync_data` on sled's `db` file.
+//! barrier (sled issue #1452), so `sync` also calls `sync_data` on sled's `db` file. A
+//! `write` is durable only once a later `sync` has returned; `commit` is both.
 
 use crate::checkpoint::LedgerKey;
 use crate::fiscal::Year;
@@ -156,7 +157,8 @@ impl Store {
         dir.join(SLED_DIR).exists() || dir.join(KEY_FILE).exists()
     }
 
-    fn sync(&self) -> Result<(), StorageError> {
+    /// Makes every `write` so far durable: sled's flush, then `sync_data` on its log file.
+    pub fn sync(&self) -> Result<(), StorageError> {
         self.db.flush()?;
         self.log_file
             .sync_data()
@@ -165,6 +167,17 @@ impl Store {
 
     /// Writes one group commit atomically and returns only once it is on disk.
     pub fn commit(&self, set: WriteSet) -> Result<(), StorageError> {
+        self.write(set)?;
+        self.sync()
+    }
+
+    /// Writes one group commit as one atomic sled batch, not yet durable: readers of this
+    /// store may see it at once, a crash may lose it until `sync` returns. An empty set
+    /// writes nothing.
+    pub fn write(&self, set: WriteSet) -> Result<(), StorageError> {
+        if set.is_empty() {
+            return Ok(());
+        }
         let mut batch = sled::Batch::default();
         for (seq, line) in set.entries {
             batch.insert(entry_key(seq), line);
@@ -188,7 +201,7 @@ impl Store {
             }
         }
         self.db.apply_batch(batch)?;
-        self.sync()
+        Ok(())
     }
 
     pub fn entry_line(&self, seq: u64) -> Result<Option<Vec<u8>>, StorageError> {

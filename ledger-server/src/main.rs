@@ -1,17 +1,17 @@
-//! `ledger-server`: `init` creates a store and the first city_admin key; `serve` runs the API
-//! (API.md "Commands").
+//! `ledger-server`: `init` creates a store and the first city_admin key (optionally loading a
+//! fixture folder), `serve` runs the API, `simulate` runs the fixtures' reference year through
+//! the real flows (API.md "Commands").
+
+mod simulate;
+mod store;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};
-use ledger_core::Ledger;
-use ledger_server::app::{app, AppState, Config};
-use ledger_server::clock::{ClockMode, ServerClock};
-use ledger_server::pii::Pii;
-use ledger_server::registry::{prefix, record, Registry, Role};
+use ledger_server::app::app;
+use ledger_server::clock::ClockMode;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 #[derive(Parser)]
 #[command(name = "ledger-server", about = "Subsidy ledger server")]
@@ -26,6 +26,10 @@ enum Command {
     Init {
         #[arg(long)]
         data: PathBuf,
+        /// A fixture folder (districts, streets and zones, policy, catalog, providers) to load
+        /// through the setup endpoints.
+        #[arg(long)]
+        fixtures: Option<PathBuf>,
     },
     /// Serves the API.
     Serve {
@@ -39,60 +43,78 @@ enum Command {
         /// Seconds a charge's hold lives before it expires.
         #[arg(long, default_value_t = 600, value_parser = clap::value_parser!(u32).range(1..=86_400))]
         hold_ttl: u32,
-        /// Where SMS codes go: `outbox` appends JSON lines to DIR/sms-outbox.jsonl.
+        /// Where SMS codes go: `outbox` appends JSON lines to DIR/sms-outbox.jsonl;
+        /// `smpp://USER:PASSWORD@HOST:PORT?source=ADDR` sends through an SMS centre;
+        /// `https://URL` POSTs signed JSON (key in env LEDGER_SMS_HMAC_KEY).
         #[arg(long, default_value = "outbox")]
         sms: String,
+    },
+    /// Creates a new store in DIR and runs the fixtures' reference year through the real
+    /// flows; prints the year report JSON as the last line of stdout.
+    Simulate {
+        #[arg(long)]
+        data: PathBuf,
+        #[arg(long)]
+        fixtures: PathBuf,
+        /// Share of the reference year to run, e.g. 0.01 (exact figures at 1).
+        #[arg(long, default_value = "1")]
+        scale: fixtures::Scale,
+        /// Seed of the plan: the same seed gives the same year.
+        #[arg(long, default_value_t = 2016)]
+        seed: u64,
     },
 }
 
 fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    // The simulator sends about a million requests: it logs warnings only, unless RUST_LOG
+    // says, and not the warnings of the wrong codes it enters on purpose.
+    let default_filter = match cli.command {
+        Command::Simulate { .. } => "warn,ledger_server::routes::charges=error",
+        Command::Init { .. } | Command::Serve { .. } => "info",
+    };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
+        .with_env_filter(ledger_server::sms::quiet_pdu_logs(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_filter)),
+        ))
         .init();
-    match Cli::parse().command {
-        Command::Init { data } => init(&data),
+    match cli.command {
+        Command::Init { data, fixtures } => init(&data, fixtures.as_deref()),
         Command::Serve {
             data,
             listen,
             clock,
             hold_ttl,
             sms,
-        } => serve(data, listen, clock, hold_ttl, sms),
+        } => serve(data, listen, &clock, hold_ttl, &sms),
+        Command::Simulate {
+            data,
+            fixtures,
+            scale,
+            seed,
+        } => simulate::run(&simulate::Options {
+            data,
+            fixtures,
+            scale,
+            seed,
+        }),
     }
 }
 
-fn init(dir: &Path) -> anyhow::Result<()> {
-    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
-        anyhow::bail!(
-            "{} is not empty; init only creates a new store (nothing was changed)",
-            dir.display()
-        );
+fn init(dir: &Path, fixtures: Option<&Path>) -> anyhow::Result<()> {
+    // Parsed and cross-checked before the store exists, so bad fixtures change nothing.
+    let fixtures = fixtures
+        .map(|f| fixtures::Fixtures::load(f).with_context(|| format!("fixtures {}", f.display())))
+        .transpose()?;
+    let admin_key = store::create(dir)?;
+    if let Some(fx) = &fixtures {
+        simulate::load_into(dir, &admin_key, fx).context("loading the fixtures")?;
     }
-    // Init stamps no time on the store: a later `serve --clock manual:T` starts at T, not at
-    // the wall-clock moment of init.
-    let clock = Arc::new(ServerClock::new(&ClockMode::Manual(
-        chrono::DateTime::UNIX_EPOCH,
-    )));
-    let ledger = Ledger::create(dir, clock)?;
-    Pii::create(dir)?;
-    let now = ledger_core::fiscal::format_timestamp(chrono::Utc::now());
-    let key =
-        ledger_server::auth::new_key("first city admin".into(), Role::CityAdmin, None, None, now)
-            .map_err(|e| anyhow::anyhow!(e.message))?;
-    ledger
-        .submit_atomic(
-            Vec::new(),
-            vec![record(prefix::KEY, &key.record.id, &key.record)],
-        )
-        .context("writing the first key")?;
-    drop(ledger);
     let mut out = std::io::stdout().lock();
-    writeln!(out, "{}", serde_json::json!({ "admin_key": key.text }))?;
+    writeln!(out, "{}", serde_json::json!({ "admin_key": admin_key }))?;
     out.flush()?;
     Ok(())
 }
@@ -100,44 +122,11 @@ fn init(dir: &Path) -> anyhow::Result<()> {
 fn serve(
     data: PathBuf,
     listen: SocketAddr,
-    clock_mode: ClockMode,
+    clock_mode: &ClockMode,
     hold_ttl_secs: u32,
-    sms: String,
+    sms: &str,
 ) -> anyhow::Result<()> {
-    let clock = Arc::new(ServerClock::new(&clock_mode));
-    tracing::info!(dir = %data.display(), "opening the store and verifying the chain head");
-    let ledger = Arc::new(
-        Ledger::open(&data, clock.clone(), ledger_core::Verify::Head)
-            .with_context(|| format!("opening {}", data.display()))?,
-    );
-    if let Some(t) = ledger.last_time() {
-        clock.catch_up(t);
-    }
-    if let Some(bytes) = ledger.record(prefix::CLOCK.as_bytes())? {
-        let text: String = serde_json::from_slice(&bytes)?;
-        clock.catch_up(ledger_core::fiscal::parse_timestamp(&text)?);
-    }
-    let registry = Arc::new(Registry::load(ledger.clone())?);
-    let settlement = Arc::new(ledger_server::settlement::Settlement::load(ledger.clone())?);
-    let sms: Arc<dyn ledger_server::sms::SmsSender> = match sms.as_str() {
-        "outbox" => Arc::new(ledger_server::sms::Outbox::new(&data)),
-        other => anyhow::bail!(
-            "--sms {other}: only `outbox` is available in this build (SMPP and HTTP gateways: issue 7)"
-        ),
-    };
-    let state = AppState {
-        ledger,
-        registry,
-        clock,
-        pii: Arc::new(Pii::open(&data)?),
-        settlement,
-        sms,
-        config: Arc::new(Config {
-            data_dir: data,
-            hold_ttl_secs,
-        }),
-        jobs: Arc::default(),
-    };
+    let state = store::open(data, clock_mode, hold_ttl_secs, sms)?;
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?;
@@ -146,6 +135,7 @@ fn serve(
             .await
             .with_context(|| format!("binding {listen}"))?;
         let addr = listener.local_addr()?;
+        ledger_server::sms::start(&state);
         tracing::info!(%addr, "serving");
         {
             let mut out = std::io::stdout().lock();

@@ -51,7 +51,25 @@ pub struct City {
 
 impl City {
     pub fn new(start: &str) -> City {
-        let s = Server::start(start);
+        City::on(Server::start(start))
+    }
+
+    /// Like [`City::new`], with extra `serve` arguments (e.g. `--sms smpp://…`) and the
+    /// server's stderr at `RUST_LOG=debug` in `s.log`.
+    pub fn with_args(start: &str, args: &[&str]) -> City {
+        let (dir, key) = crate::init();
+        let data = dir.path().join("data");
+        let log = dir.path().join("server.log");
+        let clock = format!("--clock=manual:{start}");
+        let all: Vec<&str> = std::iter::once(clock.as_str())
+            .chain(args.iter().copied())
+            .collect();
+        let mut s = Server::serve_with(&data, &key, &all, Some(&log));
+        s._dir = Some(dir);
+        City::on(s)
+    }
+
+    fn on(s: Server) -> City {
         let k = s.admin_key.clone();
         s.expect(
             s.post(

@@ -544,8 +544,19 @@ fn assert_receipt(s: &Server, run: &Run, charge: &str, amount: &str) {
 // ---------------------------------------------------------------------------------------
 // Tests
 
+/// The scenarios run one at a time: under load, pcscd's start-up raced the neighbouring
+/// scenarios' CLI runs and the reader saw no daemon (seen in a full-suite run).
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> std::sync::MutexGuard<'static, ()> {
+    SERIAL
+        .lock()
+        .unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
 #[test]
 fn a_card_on_a_real_pcsc_stack_is_read_and_settled_by_sms_and_by_token() {
+    let _serial = serial();
     let c = City::new(START);
     let (phone_elder, phone_card) = c.elder(1, json!(["sanwu"]));
     let (token_elder, token_card) = token_elder(&c, 2);
@@ -729,6 +740,7 @@ fn read_message(stream: &mut TcpStream) -> Option<Vec<u8>> {
 
 #[test]
 fn a_charge_that_never_arrived_or_whose_answer_was_lost_is_resumed_and_charged_once() {
+    let _serial = serial();
     let c = City::new(START);
     let (elder, card) = c.elder(1, json!(["sanwu"]));
     issue_march(&c);
@@ -845,6 +857,7 @@ fn a_charge_that_never_arrived_or_whose_answer_was_lost_is_resumed_and_charged_o
 
 #[test]
 fn refusals_are_explained_and_a_pending_swipe_can_be_cancelled() {
+    let _serial = serial();
     let c = City::new(START);
     let (elder, card) = c.elder(1, json!(["sanwu"]));
     let (_, other_card) = c.elder(2, json!(["dibao"]));
@@ -1002,6 +1015,7 @@ fn refusals_are_explained_and_a_pending_swipe_can_be_cancelled() {
 
 #[test]
 fn without_pcscd_the_reader_fails_at_once_saying_how_to_start_it() {
+    let _serial = serial();
     let dir = tempfile::tempdir().unwrap();
     let t = Terminal::new("lk_unused", dir.path());
     let absent = dir.path().join("no-pcscd/pcscd.comm");

@@ -7,7 +7,6 @@
 
 use ledger_core::audit::{verify_export, verify_store, AuditError, Summary};
 use ledger_core::checkpoint::{Checkpoint, PublicKeyDoc};
-use std::io::BufReader;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -91,7 +90,7 @@ fn run(mode: Mode) -> Result<Summary, AuditError> {
                 .map_err(|e| AuditError::Input(format!("public key: {e}")))?;
             let file = std::fs::File::open(&entries)
                 .map_err(|e| AuditError::Input(format!("{}: {e}", entries.display())))?;
-            verify_export(BufReader::with_capacity(1 << 20, file), &checkpoint, &key)
+            verify_export(file, &checkpoint, &key)
         }
     }
 }

@@ -42,9 +42,14 @@ pub fn router() -> OpenApiRouter<AppState> {
         .routes(routes!(set_clock))
 }
 
+/// `sms`: the SMS sender's counters (`sms::SmsMetrics`: sent, failed, delivery receipts,
+/// latency in ms).
 #[utoipa::path(get, path = "/v1/health", responses((status = 200, description = "Serving")))]
 async fn health(State(s): State<AppState>) -> Json<Value> {
-    Json(json!({"status": "ok", "now": s.now_text(), "tree_size": s.ledger.tree_size()}))
+    Json(
+        json!({"status": "ok", "now": s.now_text(), "tree_size": s.ledger.tree_size(),
+        "sms": s.sms.metrics()}),
+    )
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
