@@ -143,9 +143,23 @@ impl FromStr for AccountId {
     type Err = AccountError;
     fn from_str(s: &str) -> Result<AccountId, AccountError> {
         let bad = || AccountError::BadName(s.to_string());
-        // Up to four parts, so that a name with too many is told apart without collecting.
-        let mut parts = s.split(':');
-        let parts = (parts.next(), parts.next(), parts.next(), parts.next());
+        // Up to four parts, so that a name with too many is told apart without collecting;
+        // split by a byte scan, since names are short and ':' is ASCII.
+        let mut rest = Some(s);
+        let mut next = || {
+            let part = rest?;
+            match part.bytes().position(|b| b == b':') {
+                Some(colon) => {
+                    rest = part.get(colon + 1..);
+                    part.get(..colon)
+                }
+                None => {
+                    rest = None;
+                    Some(part)
+                }
+            }
+        };
+        let parts = (next(), next(), next(), next());
         let year = |y: &str| y.parse::<Year>().map_err(|_| bad());
         match parts {
             (Some("elder"), Some(id), Some(y), None) => AccountId::elder(id, year(y)?),

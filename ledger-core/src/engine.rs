@@ -1062,3 +1062,198 @@ fn restore<K: std::hash::Hash + Eq, V>(map: &mut HashMap<K, V>, key: K, prev: Op
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    //! The overlay of batches in flight: a batch applied on top of a batch that is not yet
+    //! merged must see that batch's holds, balances, idempotency records and chain head.
+
+    use super::*;
+    use crate::command::Command;
+    use crate::fiscal::parse_timestamp;
+
+    /// Storage with nothing in it.
+    struct NoRecords;
+
+    impl Lookup for NoRecords {
+        fn hold(&self, _: &str) -> Result<Option<HoldRecord>, CommandError> {
+            Ok(None)
+        }
+        fn idempotency(&self, _: &str) -> Result<Option<IdempotencyRecord>, CommandError> {
+            Ok(None)
+        }
+    }
+
+    fn at(text: &str) -> DateTime<Utc> {
+        parse_timestamp(text).unwrap()
+    }
+
+    fn issue(key: &str, elder: &str, fen: i64) -> Request {
+        Request::new(
+            key,
+            Command::Issue {
+                elder_id: elder.into(),
+                district: "130102".into(),
+                period: "2026-03".parse().unwrap(),
+                amount: Fen::from_fen(fen),
+            },
+        )
+    }
+
+    fn hold(key: &str, hold_id: &str, elder: &str, fen: i64, ttl_secs: u32) -> Request {
+        Request::new(
+            key,
+            Command::Hold {
+                hold_id: hold_id.into(),
+                elder_id: elder.into(),
+                amount: Fen::from_fen(fen),
+                ttl_secs,
+            },
+        )
+    }
+
+    fn post(key: &str, hold_id: &str) -> Request {
+        Request::new(
+            key,
+            Command::Post {
+                hold_id: hold_id.into(),
+                provider_id: "P1".into(),
+                refs: Refs::new(),
+            },
+        )
+    }
+
+    /// Applies `requests` as one batch on top of `in_flight`.
+    fn batch(
+        state: &State,
+        in_flight: &[&Delta],
+        now: &str,
+        requests: &[Request],
+    ) -> (Delta, Vec<Result<Outcome, CommandError>>) {
+        let mut tx = Tx::new(state, in_flight, &NoRecords, at(now));
+        tx.expire_due();
+        let results = requests.iter().map(|r| tx.apply(r)).collect();
+        (tx.finish(), results)
+    }
+
+    fn elder_balance(state: &State, in_flight: &[&Delta], elder: &str) -> Balance {
+        let tx = Tx::new(state, in_flight, &NoRecords, at("2026-03-15T02:00:00Z"));
+        tx.balance(&AccountId::elder(elder, "2026".parse().unwrap()).unwrap())
+            .unwrap()
+    }
+
+    #[test]
+    fn a_batch_builds_on_the_batch_in_flight() {
+        let state = State::default();
+        let (first, results) = batch(
+            &state,
+            &[],
+            "2026-03-15T02:00:00Z",
+            &[issue("i1", "E1", 1_000), hold("h1", "H1", "E1", 600, 60)],
+        );
+        assert!(results.iter().all(Result::is_ok), "{results:?}");
+        let in_flight = [&first];
+        let (second, results) = batch(
+            &state,
+            &in_flight,
+            "2026-03-15T02:00:01Z",
+            &[
+                // Only 400 is left beside the hold in flight.
+                hold("h2", "H2", "E1", 500, 60),
+                post("p1", "H1"),
+                // The replay comes from the record in flight, and writes nothing new.
+                issue("i1", "E1", 1_000),
+            ],
+        );
+        assert!(
+            matches!(results[0], Err(CommandError::InsufficientCredit { .. })),
+            "{:?}",
+            results[0]
+        );
+        let posted = results[1].as_ref().unwrap().entry.clone().unwrap();
+        assert_eq!(posted.seq, 1);
+        assert_eq!(results[2], Ok(first.idempotency["i1"].outcome.clone()));
+        assert_eq!(second.entries.len(), 1);
+        assert_eq!(second.entries[0].prev_hash, first.entries[0].hash);
+        assert_eq!(second.holds["H1"].state, HoldState::Posted);
+
+        // Merged in order, the state is what the two batches say.
+        let mut merged = State::default();
+        merged.merge(first);
+        merged.merge(second);
+        assert_eq!(merged.len(), 2);
+        let balance = elder_balance(&merged, &[], "E1");
+        assert_eq!(balance.available(), Some(Fen::from_fen(400)));
+        assert!(merged.pending_hold("H1").is_none());
+    }
+
+    #[test]
+    fn a_rolled_back_entry_leaves_the_chain_head_of_the_batch_in_flight() {
+        let state = State::default();
+        let (first, _) = batch(
+            &state,
+            &[],
+            "2026-03-15T02:00:00Z",
+            &[issue("i1", "E1", 100), hold("h1", "H1", "E1", 100, 60)],
+        );
+        let in_flight = [&first];
+        let mut tx = Tx::new(&state, &in_flight, &NoRecords, at("2026-03-15T02:00:01Z"));
+        // The group's post writes an entry, then its hold fails: the entry is rolled back
+        // and the chain head is again the one of the batch in flight.
+        let group = [post("p1", "H1"), hold("h2", "H2", "E1", 1, 60)];
+        assert!(tx.apply_all(&group).is_err());
+        let entry = tx.apply(&post("p1", "H1")).unwrap().entry.unwrap();
+        let second = tx.finish();
+        assert_eq!(entry.seq, 1);
+        assert_eq!(second.entries.len(), 1);
+        assert_eq!(second.entries[0].prev_hash, first.entries[0].hash);
+    }
+
+    #[test]
+    fn holds_placed_in_flight_expire_when_due() {
+        let state = State::default();
+        let (first, _) = batch(
+            &state,
+            &[],
+            "2026-03-15T02:00:00Z",
+            &[issue("i1", "E1", 100), hold("h1", "H1", "E1", 100, 5)],
+        );
+        let in_flight = [&first];
+        let (second, results) = batch(
+            &state,
+            &in_flight,
+            "2026-03-15T02:00:05Z",
+            &[post("p1", "H1")],
+        );
+        assert!(
+            matches!(
+                results[0],
+                Err(CommandError::HoldNotPending {
+                    state: HoldState::Expired,
+                    ..
+                })
+            ),
+            "{:?}",
+            results[0]
+        );
+        assert_eq!(second.holds["H1"].state, HoldState::Expired);
+        let balance = elder_balance(&state, &[&first, &second], "E1");
+        assert_eq!(balance.available(), Some(Fen::from_fen(100)));
+    }
+
+    #[test]
+    fn a_suspended_batch_resumes_where_it_left_off() {
+        let state = State::default();
+        let mut tx = Tx::new(&state, &[], &NoRecords, at("2026-03-15T02:00:00Z"));
+        tx.apply(&issue("i1", "E1", 100)).unwrap();
+        let open = tx.suspend();
+        assert_eq!(open.now(), at("2026-03-15T02:00:00Z"));
+        let mut tx = Tx::resume(&state, &[], &NoRecords, open);
+        let outcome = tx.apply(&hold("h1", "H1", "E1", 100, 60)).unwrap();
+        assert_eq!(outcome.at, "2026-03-15T02:00:00Z");
+        assert!(tx.apply(&hold("h2", "H2", "E1", 1, 60)).is_err());
+        let delta = tx.suspend().finish();
+        assert_eq!(delta.entries.len(), 1);
+        assert_eq!(delta.holds.len(), 1);
+    }
+}

@@ -510,7 +510,7 @@ impl<'a> EntryView<'a> {
         let at = c.string()?;
         crate::fiscal::parse_timestamp(at).ok()?;
         c.literal(b",\"kind\":")?;
-        let kind = match c.string()? {
+        let kind = match c.word()? {
             "issue" => EntryKind::Issue,
             "charge" => EntryKind::Charge,
             "refund" => EntryKind::Refund,
@@ -526,7 +526,7 @@ impl<'a> EntryView<'a> {
             let account_text = c.string()?;
             let account = account_text.parse().ok()?;
             c.literal(b",\"side\":")?;
-            let side = match c.string()? {
+            let side = match c.word()? {
                 "debit" => Side::Debit,
                 "credit" => Side::Credit,
                 _ => return None,
@@ -731,6 +731,21 @@ impl<'a> ExactCursor<'a> {
         }
         self.at = start + length + 1;
         // The quote after it is ASCII, so the string ends on a character boundary.
+        self.text.get(start..start + length)
+    }
+
+    /// A JSON string of lowercase ASCII letters (an entry kind or a side), read without
+    /// the general string scan.
+    fn word(&mut self) -> Option<&'a str> {
+        self.literal(b"\"")?;
+        let start = self.at;
+        let length = self
+            .rest()
+            .iter()
+            .take_while(|b| b.is_ascii_lowercase())
+            .count();
+        self.at += length;
+        self.literal(b"\"")?;
         self.text.get(start..start + length)
     }
 

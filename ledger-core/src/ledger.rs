@@ -2,12 +2,14 @@
 //! that sequences every command, and serves reads concurrently from the state that is
 //! already durable.
 //!
-//! Group commit, pipelined: the writer applies all commands waiting when a batch starts and
-//! hands the batch's writes to the committer thread, which writes them as one sled batch and
-//! makes them durable (flush, then fsync); batches that queue up behind a sync share the
-//! next one. While the committer syncs, the writer applies the next batch on top of the
-//! batches still in flight. A batch is merged into the state that readers see, and its
-//! commands are answered, only after the committer has reported it durable, in order.
+//! Group commit, pipelined: the writer applies commands to the open batch; the committer
+//! thread writes a batch as one atomic sled batch and makes it durable (sled's flush, then
+//! fsync). The open batch goes to the committer as soon as the committer is free, and while
+//! the committer works the writer keeps applying the commands that arrive to the next open
+//! batch, on top of the batch in flight. So every command waiting when the disk frees up
+//! shares one sync, and applying commands overlaps with writing and syncing them. A batch is
+//! merged into the state that readers see, and its commands are answered, only after the
+//! committer has reported it durable.
 
 use crate::account::{AccountId, Balance};
 use crate::checkpoint::{Checkpoint, LedgerKey};
@@ -236,6 +238,10 @@ impl Ledger {
         let writer = std::thread::Builder::new()
             .name("ledger-writer".into())
             .spawn(move || {
+                let _refuse_leftovers = RefuseLeftovers {
+                    shared: &writer_shared,
+                    jobs: &receiver,
+                };
                 Writer {
                     shared: &writer_shared,
                     jobs: &receiver,
@@ -778,7 +784,7 @@ impl Writer<'_> {
 
     /// Stops after a storage failure: everything in flight or open is answered with the
     /// error, since the disk may now hold less than the batches applied on top of it
-    /// assumed, and whatever is still queued will never be applied.
+    /// assumed. (`RefuseLeftovers` answers what is still queued as the thread ends.)
     fn stop(mut self, message: String) {
         self.shared.stopped.store(true, Ordering::SeqCst);
         let error = CommandError::Storage(message);
@@ -790,6 +796,21 @@ impl Writer<'_> {
             .chain(open)
         {
             done.fail(&error);
+        }
+    }
+}
+
+/// Runs when the writer thread ends, even by a panic (a bug it caught): marks the ledger
+/// stopped and answers every job still queued, so that no submitter waits for ever.
+struct RefuseLeftovers<'a> {
+    shared: &'a Shared,
+    jobs: &'a Receiver<Job>,
+}
+
+impl Drop for RefuseLeftovers<'_> {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            self.shared.stopped.store(true, Ordering::SeqCst);
         }
         while let Ok(job) = self.jobs.try_recv() {
             refuse(job, &CommandError::Stopped);
@@ -829,29 +850,19 @@ fn write_set(delta: &Delta, records: Vec<Record>) -> WriteSet {
     set
 }
 
-/// The committer thread: writes each batch as one atomic sled batch, and makes every batch
-/// waiting at that moment durable with one sync before reporting them, in order. Stops at
-/// the first storage failure, which it reports.
+/// The committer thread: writes each batch as one atomic sled batch and makes it durable
+/// before reporting it. A batch that wrote nothing needs no sync: the batches before it were
+/// synced before they were reported. Stops at the first storage failure, which it reports.
 fn committer_loop(store: &Store, commits: &Receiver<Commit>, durable: &Sender<Durable>) {
-    while let Ok(first) = commits.recv() {
-        let mut through = first.id;
-        let mut wrote = !first.set.is_empty();
-        let mut result = store.write(first.set);
-        while result.is_ok() {
-            let Ok(next) = commits.try_recv() else {
-                break;
-            };
-            through = next.id;
-            wrote |= !next.set.is_empty();
-            result = store.write(next.set);
-        }
-        // Batches that wrote nothing need no sync: the ones before them were synced already.
+    while let Ok(Commit { id, set }) = commits.recv() {
+        let wrote = !set.is_empty();
+        let mut result = store.write(set);
         if result.is_ok() && wrote {
             result = store.sync();
         }
         let failed = result.is_err();
         let word = Durable {
-            through,
+            through: id,
             result: result.map_err(|e| format!("commit failed, ledger stopped: {e}")),
         };
         if durable.send(word).is_err() || failed {
@@ -862,4 +873,111 @@ fn committer_loop(store: &Store, commits: &Receiver<Commit>, durable: &Sender<Du
 
 fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).expect("records of owned strings and integers serialise")
+}
+
+#[cfg(test)]
+mod tests {
+    //! The pipelined writer under concurrent submitters: commands applied on top of a batch
+    //! in flight must come out as if applied one by one, and only durable ones acknowledged.
+
+    use super::*;
+    use crate::clock::ManualClock;
+    use crate::command::{Command, HoldState, Refs};
+    use crate::fiscal::parse_timestamp;
+    use crate::money::Fen;
+
+    const ELDERS: usize = 4;
+    const SUBMITTERS: usize = 12;
+    const PAIRS: usize = 40;
+
+    fn elder(i: usize) -> String {
+        format!("E{i}")
+    }
+
+    #[test]
+    fn concurrent_submitters_see_each_others_batches_in_flight() {
+        let dir = tempfile::tempdir().unwrap();
+        let clock = Arc::new(ManualClock::new(
+            parse_timestamp("2026-03-15T02:00:00Z").unwrap(),
+        ));
+        let ledger = Ledger::create(dir.path(), clock.clone()).unwrap();
+        // Credit for fewer charges than are tried, so that holds compete for it.
+        let issued = Fen::from_fen(100 * 100);
+        for i in 0..ELDERS {
+            let issue = Command::Issue {
+                elder_id: elder(i),
+                district: "130102".into(),
+                period: "2026-03".parse().unwrap(),
+                amount: issued,
+            };
+            ledger.submit(Request::new(format!("i{i}"), issue)).unwrap();
+        }
+        let posted: Vec<usize> = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..SUBMITTERS)
+                .map(|t| {
+                    let ledger = &ledger;
+                    scope.spawn(move || {
+                        let mut posted = 0;
+                        for pair in 0..PAIRS {
+                            let hold_id = format!("H{t}x{pair}");
+                            let hold = Command::Hold {
+                                hold_id: hold_id.clone(),
+                                elder_id: elder((t + pair) % ELDERS),
+                                amount: Fen::from_fen(100),
+                                ttl_secs: 60,
+                            };
+                            let key = format!("h{t}-{pair}");
+                            let held = ledger.submit(Request::new(key.clone(), hold.clone()));
+                            // A retry of the same request replays the first answer.
+                            let again = ledger.submit(Request::new(key, hold));
+                            assert_eq!(held, again);
+                            if held.is_err() {
+                                continue;
+                            }
+                            let post = Command::Post {
+                                hold_id,
+                                provider_id: "P1".into(),
+                                refs: Refs::new(),
+                            };
+                            ledger
+                                .submit(Request::new(format!("p{t}-{pair}"), post))
+                                .unwrap();
+                            posted += 1;
+                        }
+                        posted
+                    })
+                })
+                .collect();
+            handles.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let posted: usize = posted.iter().sum();
+        assert_eq!(posted, ELDERS * 100, "every fen of credit is charged once");
+        let year = "2026".parse().unwrap();
+        let spent = |ledger: &Ledger| -> Vec<Balance> {
+            (0..ELDERS)
+                .map(|i| {
+                    ledger
+                        .balance(&AccountId::elder(&elder(i), year).unwrap())
+                        .unwrap()
+                })
+                .collect()
+        };
+        let live = spent(&ledger);
+        for balance in &live {
+            assert_eq!(balance.available(), Some(Fen::ZERO));
+            assert_eq!(balance.debits_pending, Fen::ZERO);
+        }
+        assert_eq!(
+            ledger.hold("H0x0").unwrap().map(|h| h.state),
+            Some(HoldState::Posted)
+        );
+        let size = ledger.tree_size();
+        assert_eq!(size, u64::try_from(ELDERS + posted).unwrap());
+        drop(ledger);
+
+        let summary = crate::audit::verify_store(dir.path()).unwrap();
+        assert_eq!(summary.entries, size);
+        let reopened = Ledger::open(dir.path(), clock, Verify::Full).unwrap();
+        assert_eq!(spent(&reopened), live);
+    }
 }

@@ -137,8 +137,9 @@ fn parse_amount_checked(text: &str) -> Result<Fen, MoneyError> {
 /// else, which the full parser then accepts or explains. Accepts exactly what the full
 /// parser accepts among such texts (a test holds it to that).
 fn parse_plain_amount(text: &str) -> Option<Fen> {
-    let (integer, fraction) = match text.split_once('.') {
-        Some((integer, fraction)) => (integer, fraction),
+    // A byte scan: amounts are a few bytes, too short for `split_once`'s searcher to pay.
+    let (integer, fraction) = match text.bytes().position(|b| b == b'.') {
+        Some(point) => (text.get(..point)?, text.get(point + 1..)?),
         None => (text, ""),
     };
     let all_digits = |s: &str| s.bytes().all(|b| b.is_ascii_digit());

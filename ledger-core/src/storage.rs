@@ -99,13 +99,30 @@ fn fsync_dir(dir: &Path) -> Result<(), StorageError> {
         .map_err(io_err(dir))
 }
 
+/// How long opening waits for sled's file lock to be released. Dropping a store returns
+/// before sled's own IO threads have let go of the file (in the same process), so a store
+/// closed and reopened at once can find it still locked for a moment. Another process
+/// holding the store keeps it locked, and then opening fails after this wait.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(5);
+
 fn open_sled(dir: &Path) -> Result<(sled::Db, File), StorageError> {
     let sled_dir = dir.join(SLED_DIR);
-    let db = sled::Config::new()
+    let config = sled::Config::new()
         .path(&sled_dir)
         .cache_capacity(CACHE_CAPACITY_BYTES)
-        .flush_every_ms(None)
-        .open()?;
+        .flush_every_ms(None);
+    let started = std::time::Instant::now();
+    let db = loop {
+        match config.open() {
+            Err(sled::Error::Io(e))
+                if e.kind() == std::io::ErrorKind::WouldBlock && started.elapsed() < LOCK_WAIT =>
+            {
+                std::thread::sleep(LOCK_RETRY);
+            }
+            other => break other?,
+        }
+    };
     let log_path = sled_dir.join("db");
     let log_file = OpenOptions::new()
         .read(true)

@@ -113,6 +113,7 @@ fn init(dir: &Path, fixtures: Option<&Path>) -> anyhow::Result<()> {
     if let Some(fx) = &fixtures {
         simulate::load_into(dir, &admin_key, fx).context("loading the fixtures")?;
     }
+    store::finish_init(dir)?;
     let mut out = std::io::stdout().lock();
     writeln!(out, "{}", serde_json::json!({ "admin_key": admin_key }))?;
     out.flush()?;

@@ -12,13 +12,57 @@ use std::sync::Arc;
 
 /// Creates a new store in `dir` (absent or empty) with its PII key and the first city_admin
 /// key, and returns that key's text (shown only here).
+///
+/// Atomic for the operator: a marker file is written (and made durable) before anything
+/// else, and `finish_init` removes it once the store is complete (with its fixtures, if
+/// any). A store with the marker is refused by `open`, and `create` clears such a leftover
+/// of an interrupted init and starts again.
 pub fn create(dir: &Path) -> anyhow::Result<String> {
-    if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
+    let marker = dir.join(INIT_MARKER);
+    if marker.exists() {
+        tracing::warn!(dir = %dir.display(), "clearing an interrupted init");
+        clear_dir(dir)?;
+    } else if dir.exists() && std::fs::read_dir(dir)?.next().is_some() {
         anyhow::bail!(
             "{} is not empty; only a new store can be created there (nothing was changed)",
             dir.display()
         );
     }
+    std::fs::create_dir_all(dir)?;
+    std::fs::write(&marker, b"init started; not a store yet\n")?;
+    std::fs::File::open(&marker)?.sync_all()?;
+    sync_dir(dir)?;
+    create_inside(dir)
+}
+
+/// Marks the store `create` made in `dir` complete: from now on `open` accepts it.
+pub fn finish_init(dir: &Path) -> anyhow::Result<()> {
+    std::fs::remove_file(dir.join(INIT_MARKER))?;
+    sync_dir(dir)?;
+    Ok(())
+}
+
+/// While this file exists in a data dir, the dir holds an init that has not finished.
+const INIT_MARKER: &str = "init.incomplete";
+
+fn sync_dir(dir: &Path) -> std::io::Result<()> {
+    std::fs::File::open(dir)?.sync_all()
+}
+
+/// Removes everything in `dir` (the leftovers of an interrupted init, which started empty).
+fn clear_dir(dir: &Path) -> anyhow::Result<()> {
+    for item in std::fs::read_dir(dir)? {
+        let path = item?.path();
+        if path.is_dir() {
+            std::fs::remove_dir_all(&path)?;
+        } else {
+            std::fs::remove_file(&path)?;
+        }
+    }
+    Ok(())
+}
+
+fn create_inside(dir: &Path) -> anyhow::Result<String> {
     // Creating stamps no time on the store: a later `serve --clock manual:T` starts at T, not
     // at the wall-clock moment of init.
     let clock = Arc::new(ServerClock::new(&ClockMode::Manual(
@@ -42,6 +86,22 @@ pub fn create(dir: &Path) -> anyhow::Result<String> {
 /// Opens the store in `data` (verifying the chain head), resumes a manual clock, and builds
 /// the server's state.
 pub fn open(
+    data: PathBuf,
+    clock_mode: &ClockMode,
+    hold_ttl_secs: u32,
+    sms: &str,
+) -> anyhow::Result<AppState> {
+    if data.join(INIT_MARKER).exists() {
+        anyhow::bail!(
+            "{} holds an init that did not finish; run init there again",
+            data.display()
+        );
+    }
+    open_initializing(data, clock_mode, hold_ttl_secs, sms)
+}
+
+/// `open`, for a store `create` made whose init is not finished yet (loading fixtures).
+pub fn open_initializing(
     data: PathBuf,
     clock_mode: &ClockMode,
     hold_ttl_secs: u32,

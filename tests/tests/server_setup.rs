@@ -56,6 +56,44 @@ fn init_prints_a_working_admin_key_and_refuses_an_existing_store() {
 }
 
 #[test]
+fn an_interrupted_init_is_refused_by_serve_and_redone_by_init() {
+    let (dir, first_key) = init();
+    let data = dir.path().join("data");
+    // What a crash during init leaves: the store's files and the marker init writes first
+    // and removes last.
+    std::fs::write(data.join("init.incomplete"), b"").unwrap();
+    let serve = std::process::Command::new(bin("ledger-server"))
+        .args(["serve", "--listen", "127.0.0.1:0", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(!serve.status.success());
+    assert!(
+        String::from_utf8_lossy(&serve.stderr).contains("did not finish"),
+        "{}",
+        String::from_utf8_lossy(&serve.stderr)
+    );
+    let again = std::process::Command::new(bin("ledger-server"))
+        .args(["init", "--data"])
+        .arg(&data)
+        .output()
+        .unwrap();
+    assert!(
+        again.status.success(),
+        "{}",
+        String::from_utf8_lossy(&again.stderr)
+    );
+    let out: serde_json::Value = serde_json::from_slice(&again.stdout).unwrap();
+    let key = out["admin_key"].as_str().unwrap().to_string();
+    assert_ne!(key, first_key);
+    assert!(!data.join("init.incomplete").exists());
+    let s = Server::serve(&data, &key, &["--clock=manual:2026-01-01T00:00:00Z"]);
+    assert_eq!(s.get("/v1/districts", &key).status, 200);
+    // The key of the abandoned init went with it.
+    assert_eq!(s.get("/v1/districts", &first_key).status, 401);
+}
+
+#[test]
 fn setup_endpoints_roles_and_errors() {
     let s = Server::start("2026-01-01T00:00:00Z");
     let k = s.admin_key.clone();

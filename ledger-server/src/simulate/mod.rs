@@ -53,6 +53,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
         started.elapsed()
     );
     let admin_key = crate::store::create(&options.data)?;
+    crate::store::finish_init(&options.data)?;
     let year = ledger_core::fiscal::Year::new(targets.year).map_err(|e| anyhow::anyhow!("{e}"))?;
     let state = crate::store::open(
         options.data.clone(),
@@ -125,7 +126,7 @@ pub fn run(options: &Options) -> anyhow::Result<()> {
 /// of an in-process server on 127.0.0.1:0 with the clock at the epoch (so nothing is stamped
 /// with the wall-clock time of init).
 pub fn load_into(data: &std::path::Path, admin_key: &str, fx: &Fixtures) -> anyhow::Result<()> {
-    let state = crate::store::open(
+    let state = crate::store::open_initializing(
         data.to_path_buf(),
         &ClockMode::Manual(chrono::DateTime::UNIX_EPOCH),
         HOLD_TTL_SECS,
