@@ -143,6 +143,18 @@ fn spawn_pcscd(conf: &Path) -> Result<Child, String> {
     }
     // Keep draining its output so it never blocks on a full pipe.
     std::thread::spawn(move || while rx.recv().is_ok() {});
+    // "ready" has been seen to come before a client could connect (once in a loaded full
+    // run): wait until the socket the clients use accepts a connection.
+    let socket = Path::new("/run/pcscd/pcscd.comm");
+    let deadline = Instant::now() + STEP_TIMEOUT;
+    while std::os::unix::net::UnixStream::connect(socket).is_err() {
+        if Instant::now() > deadline || matches!(child.try_wait(), Ok(Some(_))) {
+            let _ = child.kill();
+            let _ = child.wait();
+            return Err(format!("{} never accepted a connection", socket.display()));
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
     Ok(child)
 }
 
