@@ -328,6 +328,20 @@ impl Settlement {
         )
     }
 
+    /// Writes records without waiting for them to be durable: for records that only stamp
+    /// what can be rebuilt after a crash (a confirmed charge's entry seq, from the ledger's
+    /// hold record) or that report a fact outside the ledger (an SMS gateway's answer). The
+    /// ledger applies jobs in the order submitted, so a later `commit` of the same record
+    /// overwrites this one, and a `commit` submitted after it is durable only with it.
+    pub fn write_behind(&self, records: Vec<Record>) {
+        self.ledger
+            .submit_atomic_with(Vec::new(), records, |result| {
+                if let Err(e) = result {
+                    tracing::error!(error = %e, "a write-behind record was not written");
+                }
+            });
+    }
+
     /// Runs ledger commands and writes records in one atomic, durable batch.
     pub async fn commit(
         &self,

@@ -359,6 +359,7 @@ async fn create_charge(
         Challenge::Token => None,
     };
     let now = s.now();
+    let now_text = format_timestamp(now);
     let mut charge = Charge {
         id: id.clone(),
         order_id: order.id.clone(),
@@ -371,12 +372,14 @@ async fn create_charge(
         staff,
         challenge,
         code_tag: code.as_ref().map(|c| code_tag(&s, &id, c)),
-        sms_sent_at: Vec::new(),
+        // The first SMS is counted (for the resend limit) in the hold's batch, before it
+        // is sent.
+        sms_sent_at: code.iter().map(|_| now_text.clone()).collect(),
         sms_status: code.as_ref().map(|_| SmsStatus::Queued),
         attempts_left: ATTEMPTS_MAX,
         failed_at: Vec::new(),
         status: ChargeStatus::Pending,
-        created_at: format_timestamp(now),
+        created_at: now_text,
         expires_at: now.timestamp() + i64::from(s.config.hold_ttl_secs),
         confirmed_at: None,
         receipt_no: None,
@@ -440,7 +443,7 @@ async fn create_charge(
     }
     tracing::info!(charge = %id, challenge = ?challenge, "hold placed");
     if let Some(code) = code {
-        charge = send_code(&s, charge, &elder, &provider_name, &code).await?;
+        charge = send_code(&s, charge, &elder, &provider_name, &code, Attempt::Recorded).await?;
     }
     Ok((StatusCode::CREATED, Json(creation_json(&charge, &s))))
 }
@@ -473,6 +476,15 @@ fn creation_json(c: &Charge, s: &AppState) -> Value {
     v
 }
 
+/// Whether an SMS was already counted in the charge's durable record before it is sent.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Attempt {
+    /// Counted with the hold: the gateway's answer is written behind (not waited for).
+    Recorded,
+    /// A resend: counted, with its new code, in a durable write after the send.
+    New,
+}
+
 /// Sends the code (after the hold is durable, outside any storage batch) and records the
 /// outcome. A failed send leaves the hold pending: the terminal sees `sms_status: failed`.
 async fn send_code(
@@ -481,6 +493,7 @@ async fn send_code(
     elder: &Elder,
     provider_name: &str,
     code: &str,
+    attempt: Attempt,
 ) -> Result<Charge, ApiError> {
     let phone = elder
         .phone_sealed
@@ -507,14 +520,22 @@ async fn send_code(
             SmsStatus::Failed
         }
     };
-    charge.sms_sent_at.push(sent_at);
     charge.sms_status = Some(status);
-    s.settlement
-        .commit(
-            Vec::new(),
-            vec![record(prefix::CHARGE, &charge.id, &charge)],
-        )
-        .await?;
+    match attempt {
+        Attempt::Recorded => {
+            s.settlement
+                .write_behind(vec![record(prefix::CHARGE, &charge.id, &charge)])
+        }
+        Attempt::New => {
+            charge.sms_sent_at.push(sent_at);
+            s.settlement
+                .commit(
+                    Vec::new(),
+                    vec![record(prefix::CHARGE, &charge.id, &charge)],
+                )
+                .await?;
+        }
+    }
     s.settlement
         .write()
         .charges
@@ -671,12 +692,10 @@ async fn confirm_charge(
         .ok_or_else(|| ApiError::internal("a post wrote no entry"))?;
     charge.entry_seq = Some(entry.seq);
     charge.confirmed_at = Some(posted.at.clone());
+    // Not waited for: a crash before it is durable loses only what `Settlement::load`
+    // rebuilds from the ledger's hold record.
     s.settlement
-        .commit(
-            Vec::new(),
-            vec![record(prefix::CHARGE, &charge.id, &charge)],
-        )
-        .await?;
+        .write_behind(vec![record(prefix::CHARGE, &charge.id, &charge)]);
     let receipt = Receipt {
         no: receipt_no.clone(),
         charge_id: charge.id.clone(),
@@ -789,7 +808,7 @@ async fn resend_code(
             .unwrap_or_default();
         (elder, name)
     };
-    let charge = send_code(&s, charge, &elder, &provider_name, &code).await?;
+    let charge = send_code(&s, charge, &elder, &provider_name, &code, Attempt::New).await?;
     Ok(Json(charge_json(&s, &charge)))
 }
 
