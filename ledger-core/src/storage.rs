@@ -19,7 +19,10 @@
 //!   `k/`; a lookup reads that chunk and finds the exact key in it, so a hit is exact and a
 //!   key absent from the index is absent from the store (two keys would have to share 128
 //!   bits of SHA-256 to be confused).
-//! - `y/{year}` closed years, `m/` meta, `r/{key}` the caller's records (one sled key each).
+//! - `c/{segment}\0{chunk no}` — chunks of up to `KEYED_CHUNK_MAX` of the callers' records
+//!   (or their deletions), one stream per segment (the key up to its first `/`), indexed
+//!   like holds; `records(prefix)` reads the segment's chunks in order;
+//! - `y/{year}` closed years, `m/` meta.
 
 use crate::checkpoint::LedgerKey;
 use crate::fiscal::Year;
@@ -37,7 +40,6 @@ pub const CACHE_CAPACITY_BYTES: u64 = 256 * 1024 * 1024;
 const ENTRY: &[u8] = b"e/";
 const KEYED: &[u8] = b"k/";
 const CLOSED_YEAR: &[u8] = b"y/";
-const RECORD: &[u8] = b"r/";
 const META_LAST_TIME: &[u8] = b"m/last_time";
 const META_FORMAT: &[u8] = b"m/format";
 const FORMAT_VERSION: &[u8] = b"ledger-store-v2";
@@ -48,6 +50,12 @@ const KEYED_CHUNK_MAX: usize = 32;
 /// Record kinds inside a `k/` chunk.
 const KIND_HOLD: u8 = b'h';
 const KIND_IDEMPOTENCY: u8 = b'i';
+/// A caller's record written (indexed under this kind) or deleted.
+const KIND_RECORD: u8 = b'r';
+const KIND_RECORD_DELETED: u8 = b'd';
+/// Chunks of the callers' records: `c/{segment}\0{chunk no}`, where the segment is the
+/// record key up to and including its first `/` (the whole key if it has none).
+const RECORD_CHUNKS: &[u8] = b"c/";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StorageError {
@@ -201,6 +209,37 @@ fn chunk_lines(chunk: &[u8]) -> Result<Vec<&[u8]>, StorageError> {
     Ok(lines)
 }
 
+/// The part of a record key that names its chunk stream: up to and including the first `/`.
+fn segment(k: &[u8]) -> &[u8] {
+    match k.iter().position(|&b| b == b'/') {
+        Some(slash) => &k[..=slash],
+        None => k,
+    }
+}
+
+/// `c/{segment}\0`: the prefix of a segment's record chunks.
+fn record_chunks_prefix(segment: &[u8]) -> Vec<u8> {
+    let mut k = key(RECORD_CHUNKS, segment);
+    k.push(0);
+    k
+}
+
+fn record_chunk_key(segment: &[u8], chunk_no: u64) -> Vec<u8> {
+    let mut k = record_chunks_prefix(segment);
+    k.extend_from_slice(&chunk_no.to_be_bytes());
+    k
+}
+
+/// The chunk number at the end of a record chunk key.
+fn record_chunk_no(k: &[u8]) -> Result<u64, StorageError> {
+    let bytes: [u8; 8] = k
+        .len()
+        .checked_sub(8)
+        .and_then(|start| k[start..].try_into().ok())
+        .ok_or_else(|| StorageError::Corrupt("a record chunk key is cut short".into()))?;
+    Ok(u64::from_be_bytes(bytes))
+}
+
 fn seq_of_key(k: &[u8], prefix: &[u8]) -> Result<u64, StorageError> {
     let bytes: [u8; 8] = k
         .get(prefix.len()..)
@@ -217,9 +256,10 @@ fn fsync_dir(dir: &Path) -> Result<(), StorageError> {
 
 /// How long opening waits for sled's file lock to be released. Dropping a store returns
 /// before sled's own IO threads have let go of the file (in the same process), so a store
-/// closed and reopened at once can find it still locked for a moment. Another process
-/// holding the store keeps it locked, and then opening fails after this wait.
-const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(3);
+/// closed and reopened at once can find it still locked for a moment (13–100 ms seen in the
+/// crash test). Another process holding the store keeps it locked, and then opening fails
+/// after this wait.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
 const LOCK_RETRY: std::time::Duration = std::time::Duration::from_millis(5);
 
 fn open_sled(dir: &Path) -> Result<(sled::Db, File), StorageError> {
@@ -231,8 +271,10 @@ fn open_sled(dir: &Path) -> Result<(sled::Db, File), StorageError> {
     let started = std::time::Instant::now();
     let db = loop {
         match config.open() {
+            // sled reports the lock as ErrorKind::Other with this text (config.rs).
             Err(sled::Error::Io(e))
-                if e.kind() == std::io::ErrorKind::WouldBlock && started.elapsed() < LOCK_WAIT =>
+                if e.to_string().starts_with("could not acquire lock")
+                    && started.elapsed() < LOCK_WAIT =>
             {
                 std::thread::sleep(LOCK_RETRY);
             }
@@ -306,7 +348,15 @@ impl Store {
             for (kind, key, _) in keyed_records(&chunk)? {
                 index.insert(key_hash(kind, key), chunk_no);
             }
-            next = chunk_no + 1;
+            next = next.max(chunk_no + 1);
+        }
+        for item in self.db.scan_prefix(RECORD_CHUNKS) {
+            let (k, chunk) = item?;
+            let chunk_no = record_chunk_no(&k)?;
+            for (_, key, _) in keyed_records(&chunk)? {
+                index.insert(key_hash(KIND_RECORD, key), chunk_no);
+            }
+            next = next.max(chunk_no + 1);
         }
         *self.index.write().unwrap_or_else(|p| p.into_inner()) = index;
         self.next_chunk
@@ -323,15 +373,22 @@ impl Store {
                 None => return Ok(None),
             }
         };
+        let chunk_key = if kind == KIND_RECORD {
+            record_chunk_key(segment(k), chunk_no)
+        } else {
+            key(KEYED, &chunk_no.to_be_bytes())
+        };
         let chunk = self
             .db
-            .get(key(KEYED, &chunk_no.to_be_bytes()))?
-            .ok_or_else(|| StorageError::Corrupt(format!("chunk k/{chunk_no} is missing")))?;
+            .get(chunk_key)?
+            .ok_or_else(|| StorageError::Corrupt(format!("chunk {chunk_no} is missing")))?;
         // The latest version in the chunk: a hold can change twice in one batch.
+        let same_kind = |kd: u8| kd == kind || (kind == KIND_RECORD && kd == KIND_RECORD_DELETED);
         Ok(keyed_records(&chunk)?
             .into_iter()
             .rev()
-            .find(|(kd, key, _)| *kd == kind && *key == k)
+            .find(|(kd, key, _)| same_kind(*kd) && *key == k)
+            .filter(|(kd, _, _)| *kd != KIND_RECORD_DELETED)
             .map(|(_, _, v)| v.to_vec()))
     }
 
@@ -402,10 +459,32 @@ impl Store {
         if let Some(t) = set.last_time {
             batch.insert(META_LAST_TIME, &t.to_be_bytes()[..]);
         }
-        for (k, value) in set.records {
-            match value {
-                Some(v) => batch.insert(key(RECORD, &k), v),
-                None => batch.remove(key(RECORD, &k)),
+        // The callers' records, in chunks per segment, in the order given.
+        let mut segments: Vec<(&[u8], Vec<KeyedRecord<'_>>)> = Vec::new();
+        for (k, value) in &set.records {
+            let record = match value {
+                Some(v) => (KIND_RECORD, k.as_slice(), v.as_slice()),
+                None => (KIND_RECORD_DELETED, k.as_slice(), &b""[..]),
+            };
+            let seg = segment(k);
+            match segments.iter_mut().find(|(s, _)| *s == seg) {
+                Some((_, records)) => records.push(record),
+                None => segments.push((seg, vec![record])),
+            }
+        }
+        for (seg, records) in &segments {
+            for chunk in records.chunks(KEYED_CHUNK_MAX) {
+                let chunk_no = self
+                    .next_chunk
+                    .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut value = Vec::new();
+                for (kind, k, v) in chunk {
+                    value.push(*kind);
+                    put_bytes(&mut value, k);
+                    put_bytes(&mut value, v);
+                    indexed.push((key_hash(KIND_RECORD, k), chunk_no));
+                }
+                batch.insert(record_chunk_key(seg, chunk_no), value);
             }
         }
         self.db.apply_batch(batch)?;
@@ -518,18 +597,38 @@ impl Store {
     }
 
     pub fn record(&self, k: &[u8]) -> Result<Option<Vec<u8>>, StorageError> {
-        Ok(self.db.get(key(RECORD, k))?.map(|v| v.to_vec()))
+        self.keyed(KIND_RECORD, k)
     }
 
-    /// The caller's records whose key starts with `prefix`, as (key, value).
+    /// The caller's records whose key starts with `prefix`, as (key, value), in key order.
+    /// Reads the chunks of the prefix's segment (its text up to its first `/`): a prefix
+    /// must be a whole segment or lie within one (`"charge/"`, `"charge/C1"`, `"policy"`).
     pub fn records(
         &self,
         prefix: &[u8],
     ) -> impl Iterator<Item = Result<(Vec<u8>, Vec<u8>), StorageError>> + '_ {
-        self.db.scan_prefix(key(RECORD, prefix)).map(|item| {
-            let (k, v) = item?;
-            Ok((k[RECORD.len()..].to_vec(), v.to_vec()))
-        })
+        let mut latest: std::collections::BTreeMap<Vec<u8>, Option<Vec<u8>>> =
+            std::collections::BTreeMap::new();
+        let mut failure = None;
+        for item in self.db.scan_prefix(record_chunks_prefix(segment(prefix))) {
+            let read = item.map_err(StorageError::from).and_then(|(_, chunk)| {
+                for (kind, k, v) in keyed_records(&chunk)? {
+                    if k.starts_with(prefix) {
+                        let value = (kind == KIND_RECORD).then(|| v.to_vec());
+                        latest.insert(k.to_vec(), value);
+                    }
+                }
+                Ok(())
+            });
+            if let Err(e) = read {
+                failure = Some(e);
+                break;
+            }
+        }
+        let records = latest
+            .into_iter()
+            .filter_map(|(k, v)| v.map(|v| Ok((k, v))));
+        failure.map(Err).into_iter().chain(records)
     }
 }
 
@@ -662,6 +761,82 @@ mod tests {
             .unwrap();
         check(&store);
         assert_eq!(store.idempotency("k3").unwrap(), Some(b"r3".to_vec()));
+    }
+
+    #[test]
+    fn records_read_back_by_key_and_prefix_with_deletions_and_rewrites() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::create(dir.path(), &[3u8; 32]).unwrap();
+        let put = |k: &str, v: &str| (k.as_bytes().to_vec(), Some(v.as_bytes().to_vec()));
+        let mut first: Vec<_> = (0..70)
+            .map(|i| put(&format!("charge/C{i:03}"), &format!("pending {i}")))
+            .collect();
+        first.push(put("policy", "p1"));
+        first.push(put("order/O1", "created"));
+        // Written twice in one batch: the later one counts.
+        first.push(put("order/O1", "accepted"));
+        store
+            .commit(WriteSet {
+                records: first,
+                ..WriteSet::default()
+            })
+            .unwrap();
+        store
+            .commit(WriteSet {
+                records: vec![
+                    put("charge/C005", "confirmed 5"),
+                    (b"charge/C006".to_vec(), None),
+                    put("policy", "p2"),
+                ],
+                ..WriteSet::default()
+            })
+            .unwrap();
+        let check = |store: &Store| {
+            assert_eq!(
+                store.record(b"charge/C000").unwrap(),
+                Some(b"pending 0".to_vec())
+            );
+            assert_eq!(
+                store.record(b"charge/C069").unwrap(),
+                Some(b"pending 69".to_vec())
+            );
+            assert_eq!(
+                store.record(b"charge/C005").unwrap(),
+                Some(b"confirmed 5".to_vec())
+            );
+            assert_eq!(store.record(b"charge/C006").unwrap(), None);
+            assert_eq!(store.record(b"charge/C070").unwrap(), None);
+            assert_eq!(
+                store.record(b"order/O1").unwrap(),
+                Some(b"accepted".to_vec())
+            );
+            assert_eq!(store.record(b"policy").unwrap(), Some(b"p2".to_vec()));
+            let charges: Vec<(Vec<u8>, Vec<u8>)> =
+                store.records(b"charge/").map(|r| r.unwrap()).collect();
+            assert_eq!(charges.len(), 69);
+            assert!(charges.windows(2).all(|w| w[0].0 < w[1].0), "in key order");
+            assert!(charges.contains(&(b"charge/C005".to_vec(), b"confirmed 5".to_vec())));
+            assert!(!charges.iter().any(|(k, _)| k == b"charge/C006"));
+            assert_eq!(store.records(b"charge/C01").count(), 10);
+            assert_eq!(store.records(b"order/").count(), 1);
+            assert_eq!(store.records(b"policy").count(), 1);
+            assert_eq!(store.records(b"nothing/").count(), 0);
+        };
+        check(&store);
+        drop(store);
+        let (store, _) = Store::open(dir.path()).unwrap();
+        check(&store);
+        store
+            .commit(WriteSet {
+                records: vec![put("charge/C006", "again")],
+                ..WriteSet::default()
+            })
+            .unwrap();
+        assert_eq!(
+            store.record(b"charge/C006").unwrap(),
+            Some(b"again".to_vec())
+        );
+        assert_eq!(store.records(b"charge/").count(), 70);
     }
 
     #[test]
