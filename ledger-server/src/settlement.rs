@@ -357,3 +357,86 @@ impl Settlement {
             .map_err(ApiError::from)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use ledger_core::clock::ManualClock;
+    use ledger_core::command::{Command, Refs};
+
+    /// A confirmed charge whose entry-seq stamp (written behind, not waited for) was lost in
+    /// a crash: loading takes the seq from the ledger's hold record and the time from the
+    /// entry, and the receipt is rebuilt with the entry's hash.
+    #[test]
+    fn a_lost_seq_stamp_is_rebuilt_from_the_ledger_on_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let now = ledger_core::fiscal::parse_timestamp("2026-03-15T02:00:00Z").unwrap();
+        let clock = Arc::new(ManualClock::new(now));
+        let ledger = Ledger::create(dir.path(), clock.clone()).unwrap();
+        let issue = Command::Issue {
+            elder_id: "E1".into(),
+            district: "130102".into(),
+            period: "2026-03".parse().unwrap(),
+            amount: Fen::from_fen(10_000),
+        };
+        ledger.submit(Request::new("issue", issue)).unwrap();
+        let hold = Command::Hold {
+            hold_id: "C000001".into(),
+            elder_id: "E1".into(),
+            amount: Fen::from_fen(5_850),
+            ttl_secs: 600,
+        };
+        ledger.submit(Request::new("hold", hold)).unwrap();
+        let charge = Charge {
+            id: "C000001".into(),
+            order_id: "O000001".into(),
+            elder_id: "E1".into(),
+            district: "130102".into(),
+            provider_id: "P1".into(),
+            item_code: "DC001".into(),
+            card_uid: "04A1B2C3".into(),
+            amount: Fen::from_fen(5_850),
+            staff: None,
+            challenge: Challenge::Sms,
+            code_tag: None,
+            sms_sent_at: vec!["2026-03-15T02:00:00Z".into()],
+            sms_status: Some(SmsStatus::Sent),
+            attempts_left: 5,
+            failed_at: Vec::new(),
+            status: ChargeStatus::Confirmed,
+            created_at: "2026-03-15T02:00:00Z".into(),
+            expires_at: now.timestamp() + 600,
+            confirmed_at: None,
+            receipt_no: Some("R2026000000001".into()),
+            entry_seq: None,
+            refund_reason: None,
+            idempotency_key: "k1".into(),
+            request_hash: "00".into(),
+        };
+        // The post and the confirmed charge record, in one batch, as confirm writes them;
+        // the stamp that would follow never made it.
+        let post = Command::Post {
+            hold_id: "C000001".into(),
+            provider_id: "P1".into(),
+            refs: Refs::new(),
+        };
+        let outcome = ledger
+            .submit_atomic(
+                vec![Request::new("post", post)],
+                vec![record(prefix::CHARGE, &charge.id, &charge)],
+            )
+            .unwrap();
+        let entry = outcome[0].entry.clone().unwrap();
+        drop(ledger);
+
+        let ledger = Arc::new(Ledger::open(dir.path(), clock, ledger_core::Verify::Full).unwrap());
+        let settlement = Settlement::load(ledger).unwrap();
+        let books = settlement.read();
+        let loaded = &books.charges["C000001"];
+        assert_eq!(loaded.entry_seq, Some(entry.seq));
+        assert_eq!(loaded.confirmed_at.as_deref(), Some(outcome[0].at.as_str()));
+        let receipt = &books.receipts["R2026000000001"];
+        assert_eq!(receipt.charge_id, "C000001");
+        assert_eq!(receipt.entry_hash, entry.hash);
+    }
+}
