@@ -723,23 +723,7 @@ async fn wrong_code(s: &AppState, mut charge: Charge) -> Result<Json<Value>, Api
     charge.attempts_left = charge.attempts_left.saturating_sub(1);
     charge.failed_at.push(s.now_text());
     if charge.attempts_left == 0 {
-        charge.status = ChargeStatus::Voided;
-        let void = Request::new(
-            format!("void:{}", charge.id),
-            Command::Void {
-                hold_id: charge.id.clone(),
-            },
-        );
-        s.settlement
-            .commit(
-                vec![void],
-                vec![record(prefix::CHARGE, &charge.id, &charge)],
-            )
-            .await?;
-        s.settlement
-            .write()
-            .charges
-            .insert(charge.id.clone(), charge.clone());
+        let charge = void_charge(s, charge).await?;
         tracing::warn!(charge = %charge.id, "too many wrong codes; hold voided");
         return Err(ApiError::conflict(
             "too_many_attempts",
@@ -819,11 +803,17 @@ async fn cancel_charge(
     Path(id): Path<String>,
 ) -> Result<Json<Value>, ApiError> {
     let _locks = lock_charge(&s, &p, &id).await?;
-    let mut charge = find(&s, &p, &id)?;
+    let charge = find(&s, &p, &id)?;
     if p.role != Role::DistrictStaff {
         require_own_provider(&p, &charge)?;
     }
     require_pending(&s, &charge)?;
+    void_charge(&s, charge).await?;
+    Ok(Json(json!({"id": id, "status": "voided"})))
+}
+
+/// Voids a pending charge's hold and stores the charge as voided, in one atomic batch.
+async fn void_charge(s: &AppState, mut charge: Charge) -> Result<Charge, ApiError> {
     charge.status = ChargeStatus::Voided;
     let void = Request::new(
         format!("void:{}", charge.id),
@@ -840,8 +830,8 @@ async fn cancel_charge(
     s.settlement
         .write()
         .charges
-        .insert(charge.id.clone(), charge);
-    Ok(Json(json!({"id": id, "status": "voided"})))
+        .insert(charge.id.clone(), charge.clone());
+    Ok(charge)
 }
 
 #[derive(Deserialize, utoipa::ToSchema)]
