@@ -11,6 +11,8 @@
 // Floats only turn durations into rates for the report; no money is computed here.
 #![allow(clippy::float_arithmetic)]
 
+mod common;
+
 use ledger_core::clock::ManualClock;
 use ledger_core::{Fen, Ledger, Verify};
 use ledger_server::pii::Pii;
@@ -18,19 +20,11 @@ use ledger_server::registry::{
     prefix, record, DispatchMode, District, Elder, ElderCategory, ElderStatus, Policy,
 };
 use std::collections::BTreeMap;
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::time::Instant;
 
 const RECORDS_PER_BATCH: usize = 10_000;
-
-fn workspace() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("ledger-server sits in the workspace")
-}
 
 fn peak_rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
@@ -121,54 +115,14 @@ fn main() {
         .and_then(|i| args.get(i + 1))
         .and_then(|n| n.parse().ok())
         .unwrap_or(1_000_000);
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(workspace())
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "ledger-server",
-            "--bin",
-            "ledger-server",
-        ])
-        .status()
-        .expect("cargo build");
-    assert!(status.success(), "building ledger-server failed");
-    let bin = workspace().join("target/release/ledger-server");
+    let bin = common::release_server();
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = tmp.path().join("data");
-    let init = Command::new(&bin)
-        .args(["init", "--data"])
-        .arg(&dir)
-        .output()
-        .expect("init");
-    assert!(init.status.success(), "init failed");
-    let key: serde_json::Value = serde_json::from_slice(&init.stdout).expect("init prints JSON");
-    let key = key["admin_key"].as_str().expect("admin_key").to_string();
+    let key = common::init_store(&bin, &dir);
     seed_store(&dir, elders);
 
-    let mut server = Command::new(&bin)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--clock",
-            "manual:2026-01-15T00:00:00+08:00",
-            "--data",
-        ])
-        .arg(&dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("serve");
     let started = Instant::now();
-    let stdout = server.stdout.take().expect("stdout");
-    let addr = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|l| l.split("listening on ").nth(1).map(str::to_string))
-        .expect("listening line");
+    let (mut server, addr) = common::serve(&bin, &dir, "2026-01-15T00:00:00+08:00");
     eprintln!(
         "server up with {elders} elders in {:.1?}",
         started.elapsed()

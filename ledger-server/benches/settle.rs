@@ -7,19 +7,14 @@
 // Floats only turn durations into rates for the report; no money is computed here.
 #![allow(clippy::float_arithmetic)]
 
+mod common;
+
 use serde_json::{json, Value};
 use std::collections::HashMap;
-use std::io::{BufRead, BufReader, Read, Seek, SeekFrom};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::io::{Read, Seek, SeekFrom};
+use std::path::PathBuf;
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
-
-fn workspace() -> &'static Path {
-    Path::new(env!("CARGO_MANIFEST_DIR"))
-        .parent()
-        .expect("ledger-server sits in the workspace")
-}
 
 fn arg(args: &[String], name: &str, default: usize) -> usize {
     args.iter()
@@ -150,60 +145,15 @@ fn percentile(sorted: &[Duration], p: usize) -> Duration {
     sorted[(sorted.len() * p / 100).min(sorted.len() - 1)]
 }
 
-fn start_server(bin: &Path, dir: &Path) -> (Child, String) {
-    let mut server = Command::new(bin)
-        .args([
-            "serve",
-            "--listen",
-            "127.0.0.1:0",
-            "--clock",
-            "manual:2026-03-02T00:00:00+08:00",
-            "--data",
-        ])
-        .arg(dir)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::piped())
-        .spawn()
-        .expect("serve");
-    let stdout = server.stdout.take().expect("stdout");
-    let addr = BufReader::new(stdout)
-        .lines()
-        .map_while(Result::ok)
-        .find_map(|l| l.split("listening on ").nth(1).map(str::to_string))
-        .expect("listening line");
-    (server, addr)
-}
-
 fn main() {
     let args: Vec<String> = std::env::args().collect();
     let terminals = arg(&args, "--terminals", 64);
     let settlements = arg(&args, "--settlements", 20_000);
-    let status = Command::new(std::env::var("CARGO").unwrap_or_else(|_| "cargo".into()))
-        .current_dir(workspace())
-        .args([
-            "build",
-            "--release",
-            "--quiet",
-            "-p",
-            "ledger-server",
-            "--bin",
-            "ledger-server",
-        ])
-        .status()
-        .expect("cargo build");
-    assert!(status.success(), "building ledger-server failed");
-    let bin = workspace().join("target/release/ledger-server");
+    let bin = common::release_server();
     let tmp = tempfile::tempdir().expect("temp dir");
     let dir = tmp.path().join("data");
-    let init = Command::new(&bin)
-        .args(["init", "--data"])
-        .arg(&dir)
-        .output()
-        .expect("init");
-    assert!(init.status.success(), "init failed");
-    let admin: Value = serde_json::from_slice(&init.stdout).expect("init prints JSON");
-    let admin = admin["admin_key"].as_str().expect("admin_key").to_string();
-    let (mut server, addr) = start_server(&bin, &dir);
+    let admin = common::init_store(&bin, &dir);
+    let (mut server, addr) = common::serve(&bin, &dir, "2026-03-02T00:00:00+08:00");
     let api = Arc::new(Api {
         base: format!("http://{addr}"),
         client: reqwest::blocking::Client::builder()
