@@ -342,6 +342,22 @@ impl Settlement {
             });
     }
 
+    /// Runs `requests` and writes the charge's record in one atomic, durable batch, then
+    /// puts the charge in the books.
+    pub async fn save_charge(
+        &self,
+        requests: Vec<Request>,
+        charge: &Charge,
+    ) -> Result<Vec<Outcome>, ApiError> {
+        let outcome = self
+            .commit(requests, vec![record(prefix::CHARGE, &charge.id, charge)])
+            .await?;
+        self.write()
+            .charges
+            .insert(charge.id.clone(), charge.clone());
+        Ok(outcome)
+    }
+
     /// Runs ledger commands and writes records in one atomic, durable batch.
     pub async fn commit(
         &self,

@@ -524,22 +524,17 @@ async fn send_code(
     match attempt {
         Attempt::Recorded => {
             s.settlement
-                .write_behind(vec![record(prefix::CHARGE, &charge.id, &charge)])
+                .write_behind(vec![record(prefix::CHARGE, &charge.id, &charge)]);
+            s.settlement
+                .write()
+                .charges
+                .insert(charge.id.clone(), charge.clone());
         }
         Attempt::New => {
             charge.sms_sent_at.push(sent_at);
-            s.settlement
-                .commit(
-                    Vec::new(),
-                    vec![record(prefix::CHARGE, &charge.id, &charge)],
-                )
-                .await?;
+            s.settlement.save_charge(Vec::new(), &charge).await?;
         }
     }
-    s.settlement
-        .write()
-        .charges
-        .insert(charge.id.clone(), charge.clone());
     Ok(charge)
 }
 
@@ -730,16 +725,7 @@ async fn wrong_code(s: &AppState, mut charge: Charge) -> Result<Json<Value>, Api
             "too many wrong codes; the hold is voided",
         ));
     }
-    s.settlement
-        .commit(
-            Vec::new(),
-            vec![record(prefix::CHARGE, &charge.id, &charge)],
-        )
-        .await?;
-    s.settlement
-        .write()
-        .charges
-        .insert(charge.id.clone(), charge.clone());
+    s.settlement.save_charge(Vec::new(), &charge).await?;
     Err(ApiError::invalid("code_invalid", "wrong code")
         .with("attempts_left", json!(charge.attempts_left)))
 }
@@ -821,16 +807,7 @@ async fn void_charge(s: &AppState, mut charge: Charge) -> Result<Charge, ApiErro
             hold_id: charge.id.clone(),
         },
     );
-    s.settlement
-        .commit(
-            vec![void],
-            vec![record(prefix::CHARGE, &charge.id, &charge)],
-        )
-        .await?;
-    s.settlement
-        .write()
-        .charges
-        .insert(charge.id.clone(), charge.clone());
+    s.settlement.save_charge(vec![void], &charge).await?;
     Ok(charge)
 }
 
@@ -888,17 +865,7 @@ async fn refund_charge(
             refs,
         },
     );
-    let outcome = s
-        .settlement
-        .commit(
-            vec![refund],
-            vec![record(prefix::CHARGE, &charge.id, &charge)],
-        )
-        .await?;
-    s.settlement
-        .write()
-        .charges
-        .insert(charge.id.clone(), charge);
+    let outcome = s.settlement.save_charge(vec![refund], &charge).await?;
     let seq = outcome
         .first()
         .and_then(|o| o.entry.as_ref())
