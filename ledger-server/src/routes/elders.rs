@@ -279,6 +279,13 @@ fn load_elder(s: &AppState, id: &str) -> Result<Elder, ApiError> {
         .ok_or_else(|| unknown_elder(id))
 }
 
+/// An elder that this key's district staff may change (load it under the registry's gate).
+fn load_district_elder(s: &AppState, p: &Principal, id: &str) -> Result<Elder, ApiError> {
+    let elder = load_elder(s, id)?;
+    p.require_district_staff(&elder.district)?;
+    Ok(elder)
+}
+
 fn elder_inactive(id: &str) -> ApiError {
     ApiError::conflict("conflict", format!("elder {id} is inactive"))
 }
@@ -428,8 +435,7 @@ async fn approve_elder(
 ) -> Result<Json<Value>, ApiError> {
     p.require(STAFF_ROLES)?;
     let _gate = s.registry.gate().await;
-    let mut elder = load_elder(&s, &id)?;
-    p.require_district_staff(&elder.district)?;
+    let mut elder = load_district_elder(&s, &p, &id)?;
     if elder.created_by == p.key_id {
         return Err(ApiError::new(
             StatusCode::FORBIDDEN,
@@ -534,8 +540,7 @@ async fn patch_elder(
 ) -> Result<Json<Value>, ApiError> {
     p.require(STAFF_ROLES)?;
     let _gate = s.registry.gate().await;
-    let mut elder = load_elder(&s, &id)?;
-    p.require_district_staff(&elder.district)?;
+    let mut elder = load_district_elder(&s, &p, &id)?;
     apply_patch(&s, &mut elder, req, local_date(s.now()))?;
     s.registry
         .persist(vec![record(prefix::ELDER, &elder.id, &elder)])
@@ -557,8 +562,7 @@ async fn deactivate_elder(
 ) -> Result<Json<Value>, ApiError> {
     p.require(STAFF_ROLES)?;
     let _gate = s.registry.gate().await;
-    let mut elder = load_elder(&s, &id)?;
-    p.require_district_staff(&elder.district)?;
+    let mut elder = load_district_elder(&s, &p, &id)?;
     if elder.status == ElderStatus::Inactive {
         return Ok(Json(
             json!({"id": elder.id, "status": elder.status, "blocked_card": null}),
@@ -644,8 +648,7 @@ async fn bind_card(
     p.require(STAFF_ROLES)?;
     let uid = parse_card_uid(&req.uid)?;
     let _gate = s.registry.gate().await;
-    let mut elder = load_elder(&s, &id)?;
-    p.require_district_staff(&elder.district)?;
+    let mut elder = load_district_elder(&s, &p, &id)?;
     if elder.status == ElderStatus::Inactive {
         return Err(elder_inactive(&id));
     }
@@ -792,8 +795,7 @@ async fn bind_token(
     p.require(STAFF_ROLES)?;
     let token = validate_token(&s.pii, req)?;
     let _gate = s.registry.gate().await;
-    let mut elder = load_elder(&s, &id)?;
-    p.require_district_staff(&elder.district)?;
+    let mut elder = load_district_elder(&s, &p, &id)?;
     if elder.status == ElderStatus::Inactive {
         return Err(elder_inactive(&id));
     }
