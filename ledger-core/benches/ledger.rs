@@ -1,7 +1,16 @@
-//! Benchmarks of issue 2: durable hold+post pairs per second through `Ledger::submit` with
-//! 1, 8 and 64 concurrent submitters (commit latency percentiles, peak RSS), and the offline
-//! verifier (`audit::verify_export` in-process and the real `ledger-audit verify` binary)
-//! over a 1,000,000-entry export. Results go into BENCHMARKS.md.
+//! Benchmarks of issue 2: durable hold+post pairs per second with 1, 8 and 64 concurrent
+//! submitters (commit latency percentiles, peak RSS), and the offline verifier
+//! (`audit::verify_export` in-process and the real `ledger-audit verify` binary) over a
+//! 1,000,000-entry export. Results go into BENCHMARKS.md.
+//!
+//! A submitter places a hold, waits until it is durable, posts it, waits again, and so on.
+//! Two drivers: `threads` gives each submitter an OS thread blocked in `Ledger::submit`;
+//! `callbacks` drives every submitter from one thread through `Ledger::submit_each_with`,
+//! each sending its next command from its answer, which is how ledger-server's handlers use
+//! the ledger (async tasks woken by the answer, not a thread each).
+//!
+//! The bench runs on mimalloc, the global allocator of the ledger-server binary, which is
+//! where the core runs in production.
 //!
 //! `cargo bench -p ledger-core --bench ledger -- [commit|verify|all] [options]`
 //!
@@ -26,9 +35,14 @@ use std::process::{Command as Process, Stdio};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 const USAGE: &str =
     "usage: cargo bench -p ledger-core --bench ledger -- [commit|verify|all] [options]
-  --submitters 1,8,64   submitter threads, one commit run per value      (commit)
+  --submitters 1,8,64   concurrent submitters, one commit run per value  (commit)
+  --driver threads,callbacks
+                        how submitters are driven (module docs)          (commit)
   --seconds 10          measured seconds per commit run                  (commit)
   --elders 20000        elders issued 500.00 each before a commit run    (commit)
   --entries 1000000     entries in the generated export                  (verify)
@@ -55,9 +69,36 @@ const PROVIDERS: u64 = 50;
 /// Fraction of generated entries that are issues (one elder each): 1 in this many.
 const ISSUE_EVERY: u64 = 10;
 
+/// How submitters are driven (see the module docs).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Driver {
+    Threads,
+    Callbacks,
+}
+
+impl Driver {
+    fn parse(text: &str) -> Result<Driver, String> {
+        match text {
+            "threads" => Ok(Driver::Threads),
+            "callbacks" => Ok(Driver::Callbacks),
+            other => Err(format!(
+                "--driver: {other:?} is neither threads nor callbacks"
+            )),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Driver::Threads => "threads",
+            Driver::Callbacks => "callbacks",
+        }
+    }
+}
+
 #[derive(Debug, Clone)]
 struct Options {
     submitters: Vec<usize>,
+    drivers: Vec<Driver>,
     seconds: u64,
     elders: usize,
     entries: u64,
@@ -73,6 +114,7 @@ impl Default for Options {
     fn default() -> Self {
         Options {
             submitters: vec![1, 8, 64],
+            drivers: vec![Driver::Threads, Driver::Callbacks],
             seconds: 10,
             elders: 20_000,
             entries: 1_000_000,
@@ -104,6 +146,12 @@ fn parse_args(args: &[String]) -> Result<(String, Options), String> {
                 options.submitters = value()?
                     .split(',')
                     .map(|s| s.trim().parse().map_err(|e| format!("--submitters: {e}")))
+                    .collect::<Result<_, _>>()?;
+            }
+            "--driver" => {
+                options.drivers = value()?
+                    .split(',')
+                    .map(|s| Driver::parse(s.trim()))
                     .collect::<Result<_, _>>()?;
             }
             "--seconds" => options.seconds = number(value()?)?,
@@ -311,41 +359,46 @@ fn commit(options: &Options) {
         options.seconds, options.elders, options.repeats
     );
     println!(
-        "| submitters | pairs/s (= posted charges/s) | runs' range | commits/s | p50 ms | p99 ms \
-         | max ms | CPU µs/commit | peak RSS MiB | others' CPU | load before |"
+        "| driver | submitters | pairs/s (= posted charges/s) | runs' range | commits/s | p50 ms \
+         | p99 ms | max ms | CPU µs/commit | peak RSS MiB | others' CPU | load before |"
     );
-    println!("|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
-    for &submitters in &options.submitters {
-        let mut args = vec![
-            "commit-one".into(),
-            "--submitters".into(),
-            submitters.to_string(),
-        ];
-        args.extend(common_args(options));
-        let mut runs: Vec<(f64, BTreeMap<String, String>, String, String)> =
-            (0..options.repeats.max(1))
-                .map(|_| {
-                    let (r, others, load) = undisturbed(options, || run_child(&args));
-                    let rate = field(&r, "pairs_per_s").parse().unwrap_or(f64::NAN);
-                    (rate, r, others, load)
-                })
-                .collect();
-        runs.sort_by(|a, b| a.0.total_cmp(&b.0));
-        let (low, high) = (runs[0].0, runs[runs.len() - 1].0);
-        let (_, r, others, load) = &runs[runs.len() / 2];
-        println!(
-            "| {} | {} | {low:.0}–{high:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
-            submitters,
-            field(r, "pairs_per_s"),
-            field(r, "commits_per_s"),
-            field(r, "p50_ms"),
-            field(r, "p99_ms"),
-            field(r, "max_ms"),
-            field(r, "cpu_us_per_commit"),
-            mib(field(r, "peak_rss_kib")),
-            others,
-            load,
-        );
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    for &driver in &options.drivers {
+        for &submitters in &options.submitters {
+            let mut args = vec![
+                "commit-one".into(),
+                "--submitters".into(),
+                submitters.to_string(),
+                "--driver".into(),
+                driver.name().into(),
+            ];
+            args.extend(common_args(options));
+            let mut runs: Vec<(f64, BTreeMap<String, String>, String, String)> =
+                (0..options.repeats.max(1))
+                    .map(|_| {
+                        let (r, others, load) = undisturbed(options, || run_child(&args));
+                        let rate = field(&r, "pairs_per_s").parse().unwrap_or(f64::NAN);
+                        (rate, r, others, load)
+                    })
+                    .collect();
+            runs.sort_by(|a, b| a.0.total_cmp(&b.0));
+            let (low, high) = (runs[0].0, runs[runs.len() - 1].0);
+            let (_, r, others, load) = &runs[runs.len() / 2];
+            println!(
+                "| {} | {} | {} | {low:.0}–{high:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                driver.name(),
+                submitters,
+                field(r, "pairs_per_s"),
+                field(r, "commits_per_s"),
+                field(r, "p50_ms"),
+                field(r, "p99_ms"),
+                field(r, "max_ms"),
+                field(r, "cpu_us_per_commit"),
+                mib(field(r, "peak_rss_kib")),
+                others,
+                load,
+            );
+        }
     }
 }
 
@@ -385,7 +438,36 @@ fn elder_id(i: usize) -> String {
     format!("E{i:08}")
 }
 
-/// One submitter: hold then post, each waited for until durable, until `deadline`.
+/// The hold and the post of pair number `pair` of submitter `thread`.
+fn pair_requests(thread: usize, pair: usize, submitters: usize, elders: usize) -> [Request; 2] {
+    let elder = (thread + pair * submitters) % elders;
+    let hold_id = format!("H{thread}x{pair}");
+    let hold = Request::new(
+        format!("hold-{thread}-{pair}"),
+        Command::Hold {
+            hold_id: hold_id.clone(),
+            elder_id: elder_id(elder),
+            amount: Fen::from_fen(CHARGE_FEN),
+            ttl_secs: HOLD_TTL_SECS,
+        },
+    );
+    let refs = Refs::from([
+        ("charge".to_string(), format!("C{thread:03}{pair:08}")),
+        ("order".to_string(), format!("O{thread:03}{pair:08}")),
+        ("receipt".to_string(), format!("R2026{thread:03}{pair:07}")),
+    ]);
+    let post = Request::new(
+        format!("post-{thread}-{pair}"),
+        Command::Post {
+            hold_id,
+            provider_id: format!("P{:03}", thread % 16),
+            refs,
+        },
+    );
+    [hold, post]
+}
+
+/// One submitter thread: hold then post, each waited for until durable, until `deadline`.
 /// Returns the latency of every commit, in nanoseconds.
 fn submitter(
     ledger: &Ledger,
@@ -397,31 +479,7 @@ fn submitter(
     let mut latencies = Vec::new();
     let mut pair = 0usize;
     while Instant::now() < deadline {
-        let elder = (thread + pair * submitters) % elders;
-        let hold_id = format!("H{thread}x{pair}");
-        let hold = Request::new(
-            format!("hold-{thread}-{pair}"),
-            Command::Hold {
-                hold_id: hold_id.clone(),
-                elder_id: elder_id(elder),
-                amount: Fen::from_fen(CHARGE_FEN),
-                ttl_secs: HOLD_TTL_SECS,
-            },
-        );
-        let refs = Refs::from([
-            ("charge".to_string(), format!("C{thread:03}{pair:08}")),
-            ("order".to_string(), format!("O{thread:03}{pair:08}")),
-            ("receipt".to_string(), format!("R2026{thread:03}{pair:07}")),
-        ]);
-        let post = Request::new(
-            format!("post-{thread}-{pair}"),
-            Command::Post {
-                hold_id,
-                provider_id: format!("P{:03}", thread % 16),
-                refs,
-            },
-        );
-        for request in [hold, post] {
+        for request in pair_requests(thread, pair, submitters, elders) {
             let started = Instant::now();
             if let Err(e) = ledger.submit(request) {
                 panic!("submitter {thread}, pair {pair}: {e}");
@@ -429,6 +487,65 @@ fn submitter(
             latencies.push(u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX));
         }
         pair += 1;
+    }
+    latencies
+}
+
+/// `submitters` submitters driven from this thread through `Ledger::submit_each_with`, the
+/// way ledger-server's handlers use the ledger: each waits for its durable answer before its
+/// next command, without an OS thread of its own. Returns every commit's latency (ns).
+fn callbacks(ledger: &Ledger, submitters: usize, elders: usize, deadline: Instant) -> Vec<u64> {
+    /// A submitter: its pair, the post waiting for its hold, when its request went in.
+    struct Stream {
+        pair: usize,
+        post: Option<Request>,
+        started: Instant,
+    }
+    let (done_sender, done) = crossbeam_channel::unbounded::<(usize, bool)>();
+    let submit = |id: usize, stream: &mut Stream| {
+        let request = match stream.post.take() {
+            Some(post) => post,
+            None => {
+                let [hold, post] = pair_requests(id, stream.pair, submitters, elders);
+                stream.post = Some(post);
+                hold
+            }
+        };
+        let sender = done_sender.clone();
+        stream.started = Instant::now();
+        ledger.submit_each_with(vec![request], move |results| {
+            let ok = results.iter().all(Result::is_ok);
+            // The driver stops listening only once it has every answer it waits for.
+            let _ = sender.send((id, ok));
+        });
+    };
+    let mut streams: Vec<Stream> = (0..submitters)
+        .map(|_| Stream {
+            pair: 0,
+            post: None,
+            started: Instant::now(),
+        })
+        .collect();
+    for (id, stream) in streams.iter_mut().enumerate() {
+        submit(id, stream);
+    }
+    let mut latencies = Vec::new();
+    let mut running = submitters;
+    while running > 0 {
+        let (id, ok) = done.recv().expect("the ledger answers every request");
+        assert!(ok, "submitter {id}: a command failed");
+        let stream = &mut streams[id];
+        latencies.push(u64::try_from(stream.started.elapsed().as_nanos()).unwrap_or(u64::MAX));
+        let pair_done = stream.post.is_none();
+        if pair_done {
+            stream.pair += 1;
+        }
+        // A submitter stops after a whole pair once the time is up.
+        if !pair_done || Instant::now() < deadline {
+            submit(id, stream);
+        } else {
+            running -= 1;
+        }
     }
     latencies
 }
@@ -450,6 +567,10 @@ fn commit_one(options: &Options) {
         .submitters
         .first()
         .expect("commit-one gets one --submitters");
+    let driver = *options
+        .drivers
+        .first()
+        .expect("commit-one gets one --driver");
     std::fs::create_dir_all(&options.data_dir).expect("creating the bench data dir");
     let dir = tempfile::tempdir_in(&options.data_dir).expect("a temp dir for the store");
     let clock = Arc::new(ManualClock::new(
@@ -459,7 +580,8 @@ fn commit_one(options: &Options) {
     let setup = Instant::now();
     issue_elders(&ledger, options.elders);
     eprintln!(
-        "commit S={submitters}: issued {} elders in {:.1} s; running {} s",
+        "commit {} S={submitters}: issued {} elders in {:.1} s; running {} s",
+        driver.name(),
         options.elders,
         setup.elapsed().as_secs_f64(),
         options.seconds
@@ -467,18 +589,21 @@ fn commit_one(options: &Options) {
     let ticks_before = cpu_ticks();
     let started = Instant::now();
     let deadline = started + Duration::from_secs(options.seconds);
-    let mut latencies: Vec<u64> = std::thread::scope(|scope| {
-        let handles: Vec<_> = (0..submitters)
-            .map(|t| {
-                let ledger = &ledger;
-                scope.spawn(move || submitter(ledger, t, submitters, options.elders, deadline))
-            })
-            .collect();
-        handles
-            .into_iter()
-            .flat_map(|h| h.join().expect("a submitter panicked"))
-            .collect()
-    });
+    let mut latencies: Vec<u64> = match driver {
+        Driver::Callbacks => callbacks(&ledger, submitters, options.elders, deadline),
+        Driver::Threads => std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..submitters)
+                .map(|t| {
+                    let ledger = &ledger;
+                    scope.spawn(move || submitter(ledger, t, submitters, options.elders, deadline))
+                })
+                .collect();
+            handles
+                .into_iter()
+                .flat_map(|h| h.join().expect("a submitter panicked"))
+                .collect()
+        }),
+    };
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_ms = (cpu_ticks() - ticks_before) * 10;
     latencies.sort_unstable();
