@@ -3,8 +3,8 @@
 //! already durable.
 //!
 //! Group commit, pipelined: the writer applies commands to the open batch; the committer
-//! thread writes a batch as one atomic sled batch and makes it durable (sled's flush, then
-//! fsync). The open batch goes to the committer as soon as the committer is free, and while
+//! thread writes a batch (one frame of the write-ahead log, one atomic sled batch) and makes
+//! it durable (one `fdatasync` of the log; see `storage`). The open batch goes to the committer as soon as the committer is free, and while
 //! the committer works the writer keeps applying the commands that arrive to the next open
 //! batch, on top of the batch in flight. So every command waiting when the disk frees up
 //! shares one sync, and applying commands overlaps with writing and syncing them. A batch is
@@ -850,8 +850,8 @@ fn write_set(delta: &Delta, records: Vec<Record>) -> WriteSet {
     set
 }
 
-/// The committer thread: writes each batch as one atomic sled batch and makes it durable
-/// before reporting it. A batch that wrote nothing needs no sync: the batches before it were
+/// The committer thread: writes each batch (log frame, atomic sled batch) and makes it
+/// durable before reporting it. A batch that wrote nothing needs no sync: the batches before it were
 /// synced before they were reported. Stops at the first storage failure, which it reports.
 fn committer_loop(store: &Store, commits: &Receiver<Commit>, durable: &Sender<Durable>) {
     while let Ok(Commit { id, set }) = commits.recv() {

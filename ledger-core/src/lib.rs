@@ -14,6 +14,7 @@ pub mod merkle;
 pub mod money;
 pub mod receipt;
 pub mod storage;
+mod wal;
 
 pub use command::{Command, CommandError, Outcome, Request};
 pub use ledger::{Ledger, Verify};

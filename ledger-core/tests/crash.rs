@@ -29,6 +29,9 @@ const CHILD_ENV: &str = "LEDGER_CRASH_CHILD";
 const RUN_ENV: &str = "LEDGER_CRASH_RUN";
 /// Kill-and-recover rounds on one store.
 const ITERATIONS: u64 = 24;
+/// How full a write-ahead log file gets before the next goes to the other (16 MiB in
+/// production): small, so that the log turns and checkpoints many times in every run.
+const LOG_FILE_TARGET: u64 = 8 << 10;
 /// Writer threads in the child.
 const CHILD_THREADS: u64 = 4;
 /// The child's clock starts here (or at the store's last time, if later) and only advances.
@@ -136,6 +139,8 @@ fn child_main(dir: &Path, run: u64) -> ! {
         while matches!(stdin.read(&mut buf), Ok(n) if n > 0) {}
         std::process::exit(3);
     });
+    // Turn the write-ahead log often, so that kills land in turns and checkpoints too.
+    ledger_core::storage::Store::set_log_file_target(LOG_FILE_TARGET);
     let clock = Arc::new(ManualClock::new(at(START)));
     let ledger = Arc::new(Ledger::open(dir, clock.clone(), Verify::Head).expect("open the store"));
     if let Some(last) = ledger.last_time() {
@@ -744,6 +749,7 @@ fn check_balances(ledger: &Ledger, seen: &Seen, lines: &[Vec<u8>]) {
 
 #[test]
 fn acknowledged_commands_survive_sigkill() {
+    ledger_core::storage::Store::set_log_file_target(LOG_FILE_TARGET);
     let store = tempfile::tempdir().unwrap();
     let logs = tempfile::tempdir().unwrap();
     let dir = store.path();
