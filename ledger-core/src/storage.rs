@@ -154,7 +154,9 @@ pub struct Store {
 /// The state of the two log files.
 #[derive(Debug)]
 struct Turns {
-    /// Whether every frame in the file is durable in sled (so it may be written over).
+    /// Whether every frame in the file is durable in sled (so it may be written over). Set
+    /// false when the writer leaves a file, true when its checkpoint is done; the flag of
+    /// the file being written is never read.
     free: [bool; 2],
     /// Set when a checkpoint failed: nothing more may be acknowledged.
     failure: Option<String>,
@@ -620,7 +622,6 @@ impl Store {
             if turns.free[next] {
                 let left = wal.turn();
                 turns.free[left] = false;
-                turns.free[next] = false;
                 drop(turns);
                 // Every frame of `left` is already in sled: a checkpoint from now on covers it.
                 if let Some(checkpoints) = &self.checkpoints {
