@@ -139,8 +139,10 @@ pub struct Store {
     wal: std::sync::Mutex<wal::Writer>,
     /// Which log files are free to write over, and the checkpoint thread's failure.
     turns: std::sync::Arc<std::sync::Mutex<Turns>>,
-    /// Log files (0 or 1) to checkpoint; closed on drop.
-    checkpoints: Option<crossbeam_channel::Sender<usize>>,
+    /// Log files to checkpoint or prepare; closed on drop.
+    checkpoints: Option<crossbeam_channel::Sender<LogJob>>,
+    /// Set on drop: a preparation under way stops.
+    closing: std::sync::Arc<std::sync::atomic::AtomicBool>,
     checkpointer: Option<std::thread::JoinHandle<()>>,
     /// The log syncer: a `write` hands it the log file to `fdatasync` while it applies the
     /// batch to sled, and `sync` collects the answers. Closed on drop.
@@ -158,8 +160,22 @@ struct Turns {
     /// false when the writer leaves a file, true when its checkpoint is done; the flag of
     /// the file being written is never read.
     free: [bool; 2],
+    /// Whether the file is prepared (`wal::prepare`): frames up to `wal::file_target()`
+    /// overwrite it. Set by the checkpoint thread.
+    prepared: [bool; 2],
+    /// Set when a preparation failed (a full disk, say): none is asked for again, and the
+    /// log is appended to as before.
+    no_preparing: bool,
     /// Set when a checkpoint failed: nothing more may be acknowledged.
     failure: Option<String>,
+}
+
+/// Work for the checkpoint thread on one log file: a checkpoint (the writer left it), then
+/// preparing it; or preparing it only (a file not yet written by this store).
+struct LogJob {
+    file: usize,
+    handle: std::sync::Arc<File>,
+    checkpoint: bool,
 }
 
 /// sled's files and how to make them durable.
@@ -214,23 +230,39 @@ impl SledSync {
     }
 }
 
-/// The checkpoint thread: for each log file handed over, makes sled durable and marks the
-/// file free. On a failure it records it and stops (the file stays taken, `sync` fails).
+/// The checkpoint thread: for each log file handed over, makes sled durable if asked
+/// (a failure is recorded and ends the thread: the file stays taken, `sync` fails), then
+/// prepares the file and marks it free.
 fn checkpoint_loop(
     sled_sync: &SledSync,
     turns: &std::sync::Mutex<Turns>,
-    files: &crossbeam_channel::Receiver<usize>,
+    jobs: &crossbeam_channel::Receiver<LogJob>,
+    closing: &std::sync::atomic::AtomicBool,
 ) {
-    while let Ok(file) = files.recv() {
-        let result = sled_sync.checkpoint();
-        let mut turns = turns.lock().unwrap_or_else(|p| p.into_inner());
-        match result {
-            Ok(()) => turns.free[file] = true,
-            Err(e) => {
+    while let Ok(job) = jobs.recv() {
+        if job.checkpoint {
+            if let Err(e) = sled_sync.checkpoint() {
+                let mut turns = turns.lock().unwrap_or_else(|p| p.into_inner());
                 turns.failure = Some(format!("checkpoint failed: {e}"));
                 return;
             }
         }
+        let no_preparing = turns.lock().unwrap_or_else(|p| p.into_inner()).no_preparing;
+        // Only a speed-up: a file that could not be prepared is appended to.
+        let prepared = if no_preparing {
+            Err(())
+        } else {
+            wal::prepare(&job.handle, wal::file_target(), closing).map_err(|_| ())
+        };
+        let mut turns = turns.lock().unwrap_or_else(|p| p.into_inner());
+        match prepared {
+            Ok(prepared) => turns.prepared[job.file] = prepared,
+            Err(()) => {
+                turns.prepared[job.file] = false;
+                turns.no_preparing = true;
+            }
+        }
+        turns.free[job.file] = true;
     }
 }
 
@@ -470,17 +502,23 @@ impl Store {
             blobs_dir: dir.join(SLED_DIR).join("blobs"),
             blobs_synced: std::sync::Mutex::new(std::collections::HashSet::new()),
         });
+        // A file whose size cannot be read counts as unprepared: preparing it will tell.
+        let prepared = [0, 1].map(|f| wal::is_prepared(&writer.file(f)).unwrap_or(false));
         let turns = std::sync::Arc::new(std::sync::Mutex::new(Turns {
             free: [true, true],
+            prepared,
+            no_preparing: false,
             failure: None,
         }));
-        let (checkpoints, files) = crossbeam_channel::unbounded();
+        let closing = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (checkpoints, jobs) = crossbeam_channel::unbounded();
         let checkpointer = {
             let sled_sync = std::sync::Arc::clone(&sled_sync);
             let turns = std::sync::Arc::clone(&turns);
+            let closing = std::sync::Arc::clone(&closing);
             std::thread::Builder::new()
                 .name("ledger-checkpoint".into())
-                .spawn(move || checkpoint_loop(&sled_sync, &turns, &files))
+                .spawn(move || checkpoint_loop(&sled_sync, &turns, &jobs, &closing))
                 .expect("spawning the checkpoint thread")
         };
         let (to_sync, files_to_sync) = crossbeam_channel::unbounded::<std::sync::Arc<File>>();
@@ -503,6 +541,7 @@ impl Store {
             wal: std::sync::Mutex::new(writer),
             turns,
             checkpoints: Some(checkpoints),
+            closing,
             checkpointer: Some(checkpointer),
             to_sync: Some(to_sync),
             synced,
@@ -612,23 +651,44 @@ impl Store {
         }
     }
 
-    /// Appends one batch's insertions to the log, first turning to the other file if this
-    /// one is full and the other free (and handing this one to the checkpoint thread).
+    /// Appends one batch's insertions to the log, first turning to the other file if that
+    /// one is free and this one full, or this one unprepared and that one prepared (and
+    /// handing this one to the checkpoint thread); else, once this unprepared file holds
+    /// `wal::PREPARE_AFTER`, asking for the other, if free, to be prepared.
     fn log(&self, ops: &[(&[u8], &[u8])]) -> Result<(), StorageError> {
         let mut wal = self.wal.lock().unwrap_or_else(|p| p.into_inner());
-        if wal.wants_turn() {
+        let job = {
             let mut turns = self.turns.lock().unwrap_or_else(|p| p.into_inner());
-            let next = 1 - wal.current();
-            if turns.free[next] {
+            let current = wal.current();
+            let next = 1 - current;
+            let early = !turns.prepared[current] && turns.prepared[next];
+            if turns.free[next] && (wal.wants_turn() || early) {
                 let left = wal.turn();
                 turns.free[left] = false;
-                drop(turns);
                 // Every frame of `left` is already in sled: a checkpoint from now on covers it.
-                if let Some(checkpoints) = &self.checkpoints {
-                    // A closed channel means the thread failed; `sync` reports that.
-                    let _ = checkpoints.send(left);
-                }
+                Some(LogJob {
+                    file: left,
+                    handle: wal.file(left),
+                    checkpoint: true,
+                })
+            } else if turns.free[next]
+                && !turns.prepared[next]
+                && !turns.no_preparing
+                && wal.offset() >= wal::PREPARE_AFTER.min(wal::file_target())
+            {
+                turns.free[next] = false;
+                Some(LogJob {
+                    file: next,
+                    handle: wal.file(next),
+                    checkpoint: false,
+                })
+            } else {
+                None
             }
+        };
+        if let (Some(job), Some(checkpoints)) = (job, &self.checkpoints) {
+            // A closed channel means the thread failed; `sync` reports that.
+            let _ = checkpoints.send(job);
         }
         let file = wal.current();
         wal.append(ops).map_err(|e| io_err(&wal.path(file))(e))?;
@@ -891,6 +951,8 @@ impl Drop for Store {
         if let Some(thread) = self.syncer.take() {
             let _ = thread.join();
         }
+        self.closing
+            .store(true, std::sync::atomic::Ordering::Relaxed);
         drop(self.checkpoints.take());
         if let Some(thread) = self.checkpointer.take() {
             // A panic there was a bug already reported on its thread.
@@ -1201,6 +1263,17 @@ mod tests {
         seen
     }
 
+    /// Held by every test that depends on the log's file target, which is one for every
+    /// store in the process.
+    static LOG_FILE_TARGET: std::sync::Mutex<()> = std::sync::Mutex::new(());
+
+    /// Sets the log's file target for the caller's test, which holds the guard throughout.
+    fn log_file_target(bytes: u64) -> std::sync::MutexGuard<'static, ()> {
+        let guard = LOG_FILE_TARGET.lock().unwrap_or_else(|p| p.into_inner());
+        Store::set_log_file_target(bytes);
+        guard
+    }
+
     fn copy_log(from: &Path, to: &Path) {
         for name in wal::FILE_NAMES {
             std::fs::copy(from.join(name), to.join(name)).unwrap();
@@ -1209,6 +1282,8 @@ mod tests {
 
     #[test]
     fn the_log_alone_brings_back_every_batch_sled_lost() {
+        // Every batch stays in the first log file.
+        let _target = log_file_target(wal::FILE_TARGET);
         let written = tempfile::tempdir().unwrap();
         let (store, _) = Store::create(written.path(), &[5u8; 32]).unwrap();
         for n in 0..40 {
@@ -1237,6 +1312,7 @@ mod tests {
 
     #[test]
     fn a_torn_last_frame_is_not_replayed_and_the_store_goes_on() {
+        let _target = log_file_target(wal::FILE_TARGET);
         let written = tempfile::tempdir().unwrap();
         let (store, _) = Store::create(written.path(), &[6u8; 32]).unwrap();
         for n in 0..4 {
@@ -1279,8 +1355,7 @@ mod tests {
 
     #[test]
     fn the_log_turns_between_its_two_files_and_loses_nothing() {
-        // Every store in this test process turns its log after 4 KiB from now on.
-        Store::set_log_file_target(4 << 10);
+        let _target = log_file_target(4 << 10);
         let dir = tempfile::tempdir().unwrap();
         let (mut store, _) = Store::create(dir.path(), &[7u8; 32]).unwrap();
         for n in 0..300 {
@@ -1297,6 +1372,50 @@ mod tests {
         for name in wal::FILE_NAMES {
             let len = std::fs::metadata(dir.path().join(name)).unwrap().len();
             assert!(len > 0 && len < 64 << 10, "{name}: {len} bytes");
+        }
+    }
+
+    /// Waits (at most a minute) until `done` holds of the store's log files.
+    fn await_turns(store: &Store, done: impl Fn(&Turns) -> bool) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+        while !done(&store.turns.lock().unwrap()) {
+            assert!(std::time::Instant::now() < deadline, "{:?}", store.turns);
+            std::thread::sleep(std::time::Duration::from_millis(1));
+        }
+    }
+
+    #[test]
+    fn a_written_store_prepares_both_log_files_and_keeps_every_batch() {
+        let _target = log_file_target(2 * wal::PREPARE_AFTER);
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::create(dir.path(), &[3u8; 32]).unwrap();
+        assert_eq!(store.turns.lock().unwrap().prepared, [false, false]);
+        let big = |n: u8| WriteSet {
+            records: vec![(format!("r/{n}").into_bytes(), Some(vec![n; 64 << 10]))],
+            ..WriteSet::default()
+        };
+        // Past `PREPARE_AFTER` in file 0: file 1 is prepared, and the next write turns to it.
+        let mut n = 0;
+        while store.wal.lock().unwrap().offset() < wal::PREPARE_AFTER {
+            store.commit(big(n)).unwrap();
+            n += 1;
+        }
+        store.commit(big(n)).unwrap();
+        n += 1;
+        await_turns(&store, |t| t.prepared[1] && t.free[1]);
+        store.commit(big(n)).unwrap();
+        assert_eq!(store.wal.lock().unwrap().current(), 1);
+        // The file left is checkpointed and prepared in its turn.
+        await_turns(&store, |t| t.prepared == [true, true] && t.free[0]);
+        for name in wal::FILE_NAMES {
+            let len = std::fs::metadata(dir.path().join(name)).unwrap().len();
+            assert!(len >= wal::file_target(), "{name}: {len} bytes");
+        }
+        drop(store);
+        let store = Store::open(dir.path()).unwrap().0;
+        for i in 0..=n {
+            let value = store.record(format!("r/{i}").as_bytes()).unwrap();
+            assert_eq!(value, Some(vec![i; 64 << 10]), "record {i}");
         }
     }
 

@@ -11,7 +11,13 @@
 //! start, frame after frame, until it holds `FILE_TARGET` bytes and the other file is free
 //! (its frames checkpointed into sled); then the writer turns to the other file and asks
 //! for a checkpoint of the one it left. Overwriting a file that was written before costs
-//! no file-size change, so its `fdatasync` writes data only.
+//! no file-size change, so its `fdatasync` writes data only: 0.19–0.29 ms against
+//! 0.36–0.42 ms for an append of the same 28 KiB here (and `fallocate`d space costs as much
+//! as an append, its extents being converted on the first write). So a file is *prepared*
+//! before it is written: filled with zeros up to `FILE_TARGET` and synced, on the
+//! checkpoint thread (`prepare`). A new store's files start empty, and the first file is
+//! appended to until the other is prepared, which is asked for once the first holds
+//! `PREPARE_AFTER` bytes (a store that is barely written never spends the 32 MiB).
 //!
 //! A frame: `magic (4) | body length (u32) | id (u64) | first 16 bytes of SHA-256 over
 //! the three before and the body (16) | body`, the body a sequence of sled insertions
@@ -33,7 +39,7 @@ use std::path::{Path, PathBuf};
 /// The two log files, in the data dir.
 pub(crate) const FILE_NAMES: [&str; 2] = ["ledger.wal-0", "ledger.wal-1"];
 /// A file is left for the other once it holds this much (unless changed for a test).
-const FILE_TARGET: u64 = 16 << 20;
+pub(crate) const FILE_TARGET: u64 = 16 << 20;
 static FILE_TARGET_NOW: std::sync::atomic::AtomicU64 =
     std::sync::atomic::AtomicU64::new(FILE_TARGET);
 
@@ -41,6 +47,48 @@ static FILE_TARGET_NOW: std::sync::atomic::AtomicU64 =
 /// this process from now on: tests make it small so that turns and checkpoints happen often.
 pub(crate) fn set_file_target(bytes: u64) {
     FILE_TARGET_NOW.store(bytes.max(1), std::sync::atomic::Ordering::Relaxed);
+}
+/// How far the writer gets into an unprepared file before it asks for the other to be
+/// prepared.
+pub(crate) const PREPARE_AFTER: u64 = 1 << 20;
+/// Zeros are written in pieces of this size, so that a closing store need not wait for a
+/// whole file.
+const PREPARE_PIECE: usize = 1 << 20;
+
+/// How full a file gets before the writer turns to the other.
+pub(crate) fn file_target() -> u64 {
+    FILE_TARGET_NOW.load(std::sync::atomic::Ordering::Relaxed)
+}
+
+/// Whether `file` already holds `file_target()` bytes, so that frames written into it
+/// up to there overwrite and do not extend it.
+pub(crate) fn is_prepared(file: &File) -> std::io::Result<bool> {
+    Ok(file.metadata()?.len() >= file_target())
+}
+
+/// Prepares `file`: fills it with zeros from its end up to `target` and syncs it.
+/// Returns whether it is prepared: false if `closing` was set meanwhile (the file is then
+/// only longer, which changes nothing for the frames in it).
+pub(crate) fn prepare(
+    file: &File,
+    target: u64,
+    closing: &std::sync::atomic::AtomicBool,
+) -> std::io::Result<bool> {
+    let mut len = file.metadata()?.len();
+    if len >= target {
+        return Ok(true);
+    }
+    let zeros = vec![0u8; PREPARE_PIECE];
+    while len < target {
+        if closing.load(std::sync::atomic::Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let piece = usize::try_from(target - len).map_or(PREPARE_PIECE, |n| n.min(PREPARE_PIECE));
+        file.write_all_at(&zeros[..piece], len)?;
+        len += u64::try_from(piece).expect("fits");
+    }
+    file.sync_all()?;
+    Ok(true)
 }
 const MAGIC: &[u8; 4] = b"LWF1";
 const HEADER_LEN: usize = 32;
@@ -205,7 +253,17 @@ impl Writer {
 
     /// Whether the file being written is full, so the next frame should go to the other.
     pub(crate) fn wants_turn(&self) -> bool {
-        self.offset >= FILE_TARGET_NOW.load(std::sync::atomic::Ordering::Relaxed)
+        self.offset >= file_target()
+    }
+
+    /// How much has been written into the current file.
+    pub(crate) fn offset(&self) -> u64 {
+        self.offset
+    }
+
+    /// Log file 0 or 1.
+    pub(crate) fn file(&self, file: usize) -> std::sync::Arc<File> {
+        std::sync::Arc::clone(&self.files[file])
     }
 
     /// Turns to the other file (which the caller knows is free) and returns the one left.
@@ -265,6 +323,38 @@ mod tests {
         ops.iter()
             .map(|(k, v)| (k.as_slice(), v.as_slice()))
             .collect()
+    }
+
+    #[test]
+    fn preparing_fills_with_zeros_up_to_the_target_and_keeps_the_frames() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(FILE_NAMES[0]);
+        let file = OpenOptions::new()
+            .read(true)
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .open(&path)
+            .unwrap();
+        let mut frame = Vec::new();
+        encode_frame(9, &borrowed(&ops(3)), &mut frame);
+        file.write_all_at(&frame, 0).unwrap();
+        let target = 3 * PREPARE_PIECE as u64 + 5;
+        let open = std::sync::atomic::AtomicBool::new(false);
+        assert!(prepare(&file, target, &open).unwrap());
+        let data = std::fs::read(&path).unwrap();
+        assert_eq!(data.len() as u64, target);
+        assert_eq!(&data[..frame.len()], &frame[..]);
+        assert!(data[frame.len()..].iter().all(|&b| b == 0));
+        let frames = decode_frames(&data);
+        assert_eq!(frames.iter().map(|f| f.id).collect::<Vec<_>>(), vec![9]);
+        // Prepared already: nothing is written.
+        assert!(prepare(&file, target, &open).unwrap());
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), target);
+        // A closing store stops preparing: the file is not prepared.
+        let closing = std::sync::atomic::AtomicBool::new(true);
+        assert!(!prepare(&file, 2 * target, &closing).unwrap());
+        assert!(std::fs::metadata(&path).unwrap().len() < 2 * target);
     }
 
     #[test]
