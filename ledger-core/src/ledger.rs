@@ -2,14 +2,15 @@
 //! that sequences every command, and serves reads concurrently from the state that is
 //! already durable.
 //!
-//! Group commit, pipelined: the writer applies commands to the open batch; the committer
-//! thread writes a batch (one frame of the write-ahead log, one atomic sled batch) and makes
-//! it durable (one `fdatasync` of the log; see `storage`). The open batch goes to the committer as soon as the committer is free, and while
-//! the committer works the writer keeps applying the commands that arrive to the next open
-//! batch, on top of the batch in flight. So every command waiting when the disk frees up
-//! shares one sync, and applying commands overlaps with writing and syncing them. A batch is
-//! merged into the state that readers see, and its commands are answered, only after the
-//! committer has reported it durable.
+//! Group commit, pipelined: the writer applies the commands that have arrived as one batch,
+//! on top of the durable state and of the batches in flight, and hands the batch to the
+//! committer at once. The committer thread, whenever it is free, takes every batch handed
+//! over meanwhile as one group, writes it (one frame of the write-ahead log, one atomic sled
+//! batch) and makes it durable (one `fdatasync` of the log; see `storage`). So every command
+//! that arrived while a group was being synced shares the next sync, the committer never
+//! waits for the writer while commands are waiting, and applying commands overlaps with
+//! writing and syncing them. A batch is merged into the state that readers see, and its
+//! commands are answered, only after the committer has reported its group durable.
 
 use crate::account::{AccountId, Balance};
 use crate::checkpoint::{Checkpoint, LedgerKey};
@@ -21,7 +22,7 @@ use crate::journal::{Entry, JournalError};
 use crate::merkle::{Hash, MerkleError};
 use crate::storage::{StorageError, Store, WriteSet};
 use chrono::{DateTime, Utc};
-use crossbeam_channel::{Receiver, RecvTimeoutError, Sender, TryRecvError};
+use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
 use std::collections::VecDeque;
 use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -33,12 +34,13 @@ use std::time::Duration;
 pub const BATCH_REQUESTS_MAX: usize = 8192;
 /// Most requests the submit queue holds before submitters wait.
 pub const QUEUE_JOBS_MAX: usize = 65_536;
-/// Most batches handed to the committer and not yet durable. One is enough: while the
-/// committer writes and syncs it, the writer applies the commands that arrive to the next
-/// batch, which is ready the moment the committer is free.
-const IN_FLIGHT_BATCHES_MAX: usize = 1;
-/// How often the writer, while the committer is busy, applies the commands that came in.
-const APPLY_POLL: Duration = Duration::from_micros(250);
+/// Most batches handed to the committer and not yet durable. The writer hands each batch
+/// over as soon as it has applied it, and the committer, once free, takes every batch
+/// handed over meanwhile as one group commit: so the committer never waits for the writer
+/// while commands are waiting, and every command that arrived while a group was being
+/// synced goes into the next group. The bound only caps memory (the open batch then takes
+/// commands until a batch in flight is durable).
+const IN_FLIGHT_BATCHES_MAX: usize = 64;
 /// How often an idle writer looks for holds that have come due.
 const EXPIRY_POLL: Duration = Duration::from_millis(500);
 /// Most entries one export page returns (API.md: M <= 10000).
@@ -571,7 +573,8 @@ struct Durable {
 }
 
 /// The writer thread: sequences every command. Commands are applied as they arrive to the
-/// open batch; the open batch goes to the committer as soon as the committer has room.
+/// open batch; the open batch goes to the committer as soon as fewer than
+/// `IN_FLIGHT_BATCHES_MAX` batches are in flight.
 struct Writer<'a> {
     shared: &'a Shared,
     jobs: &'a Receiver<Job>,
@@ -635,20 +638,22 @@ impl Writer<'_> {
                 Err(RecvTimeoutError::Timeout) => return Next::Idle,
                 Err(RecvTimeoutError::Disconnected) => return Next::Close,
             }
+        } else if room == 0 {
+            // The open batch is full: only the committer's word can make room.
+            match self.durable.recv() {
+                Ok(durable) => return Next::Durable(durable),
+                Err(_) => return Next::Close,
+            }
         } else {
-            // The committer is busy. Rather than be woken by every command that arrives,
-            // look at the queue every APPLY_POLL and apply what has come in the meantime.
-            loop {
-                match self.durable.recv_timeout(APPLY_POLL) {
+            crossbeam_channel::select! {
+                recv(self.durable) -> durable => match durable {
                     Ok(durable) => return Next::Durable(durable),
-                    Err(RecvTimeoutError::Disconnected) => return Next::Close,
-                    Err(RecvTimeoutError::Timeout) if room == 0 => continue,
-                    Err(RecvTimeoutError::Timeout) => match self.jobs.try_recv() {
-                        Ok(job) => break job,
-                        Err(TryRecvError::Empty) => continue,
-                        Err(TryRecvError::Disconnected) => return Next::Close,
-                    },
-                }
+                    Err(_) => return Next::Close,
+                },
+                recv(self.jobs) -> job => match job {
+                    Ok(job) => job,
+                    Err(_) => return Next::Close,
+                },
             }
         };
         let mut count = first.len();
@@ -731,7 +736,7 @@ impl Writer<'_> {
     }
 
     /// Takes the batches the committer made durable off the in-flight queue, hands the open
-    /// batch over at once (the committer is free), then merges them into the state in order
+    /// batch over (if it was held back for room), then merges them into the state in order
     /// and answers their commands. A storage failure is returned: nothing in flight or open
     /// may then be acknowledged.
     fn publish(&mut self, durable: Durable) -> Result<(), String> {
@@ -850,11 +855,16 @@ fn write_set(delta: &Delta, records: Vec<Record>) -> WriteSet {
     set
 }
 
-/// The committer thread: writes each batch (log frame, atomic sled batch) and makes it
-/// durable before reporting it. A batch that wrote nothing needs no sync: the batches before it were
-/// synced before they were reported. Stops at the first storage failure, which it reports.
+/// The committer thread: writes every batch handed over since it last looked as one group
+/// (one log frame, one atomic sled batch) and makes it durable before reporting it. A group
+/// that wrote nothing needs no sync: the groups before it were synced before they were
+/// reported. Stops at the first storage failure, which it reports.
 fn committer_loop(store: &Store, commits: &Receiver<Commit>, durable: &Sender<Durable>) {
-    while let Ok(Commit { id, set }) = commits.recv() {
+    while let Ok(Commit { mut id, mut set }) = commits.recv() {
+        while let Ok(next) = commits.try_recv() {
+            id = next.id;
+            set.append(next.set);
+        }
         let wrote = !set.is_empty();
         let mut result = store.write(set);
         if result.is_ok() && wrote {

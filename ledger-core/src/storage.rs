@@ -118,6 +118,21 @@ pub struct WriteSet {
 }
 
 impl WriteSet {
+    /// Adds the writes of the batch after this one (whose entries continue this one's seqs):
+    /// where both write a key, `later`'s value is the one read back.
+    pub fn append(&mut self, mut later: WriteSet) {
+        debug_assert!(match (self.entries.last(), later.entries.first()) {
+            (Some((last, _)), Some((first, _))) => *first == last + 1,
+            _ => true,
+        });
+        self.entries.append(&mut later.entries);
+        self.holds.append(&mut later.holds);
+        self.idempotency.append(&mut later.idempotency);
+        self.closed_years.append(&mut later.closed_years);
+        self.records.append(&mut later.records);
+        self.last_time = self.last_time.max(later.last_time);
+    }
+
     pub fn is_empty(&self) -> bool {
         self.entries.is_empty()
             && self.holds.is_empty()
@@ -1417,6 +1432,43 @@ mod tests {
             let value = store.record(format!("r/{i}").as_bytes()).unwrap();
             assert_eq!(value, Some(vec![i; 64 << 10]), "record {i}");
         }
+    }
+
+    #[test]
+    fn batches_appended_into_one_group_read_back_with_the_later_version_winning() {
+        let dir = tempfile::tempdir().unwrap();
+        let (store, _) = Store::create(dir.path(), &[4u8; 32]).unwrap();
+        // Both batches change hold H1 (each also places its own): one group commit.
+        let mut group = batch(2);
+        group.append(batch(3));
+        assert_eq!(
+            group.entries.iter().map(|(s, _)| *s).collect::<Vec<_>>(),
+            [4, 5, 6, 7]
+        );
+        assert_eq!(group.last_time, Some(1_003));
+        store.commit(group).unwrap();
+        let read = |store: &Store| {
+            (
+                store.hold("H1").unwrap(),
+                store.hold("H2").unwrap(),
+                store.hold("H3").unwrap(),
+                store
+                    .entries_from(4)
+                    .map(|e| e.unwrap().0)
+                    .collect::<Vec<_>>(),
+                store.closed_years().unwrap(),
+            )
+        };
+        let expected = (
+            Some(b"changed by 3".to_vec()),
+            Some(b"placed 2".to_vec()),
+            Some(b"placed 3".to_vec()),
+            vec![4, 5, 6, 7],
+            vec!["2025".parse().unwrap()],
+        );
+        assert_eq!(read(&store), expected);
+        drop(store);
+        assert_eq!(read(&Store::open(dir.path()).unwrap().0), expected);
     }
 
     #[test]
