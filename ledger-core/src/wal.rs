@@ -296,7 +296,7 @@ impl Writer {
     /// The file being written, to sync it on another thread (`sync_data` of it makes every
     /// frame appended so far durable).
     pub(crate) fn current_file(&self) -> std::sync::Arc<File> {
-        std::sync::Arc::clone(&self.files[self.current])
+        self.file(self.current)
     }
 
     /// The file being written (0 or 1).
