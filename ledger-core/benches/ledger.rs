@@ -217,6 +217,29 @@ fn cpu_ticks_of(stat: &Path) -> Option<u64> {
     Some(fields.get(11)?.parse::<u64>().ok()? + fields.get(12)?.parse::<u64>().ok()?)
 }
 
+/// Bytes written so far to the block device that holds `dir` (sectors written, from
+/// /proc/diskstats, × 512), by every process: the bench runs alone (see `undisturbed`).
+/// Counts what reached the device, so writes still in the page cache count later. 0 if
+/// unknown. (`write_bytes` of /proc/self/io is no use here: it counts sled's writes many
+/// times over what the device gets.)
+fn device_bytes_written(dir: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let Ok(dev) = std::fs::metadata(dir).map(|m| m.dev()) else {
+        return 0;
+    };
+    let major = ((dev >> 8) & 0xfff) | ((dev >> 32) & !0xfff);
+    let minor = (dev & 0xff) | ((dev >> 12) & !0xff);
+    let Ok(stats) = std::fs::read_to_string("/proc/diskstats") else {
+        return 0;
+    };
+    stats
+        .lines()
+        .map(|line| line.split_whitespace().collect::<Vec<_>>())
+        .find(|f| f.len() > 9 && f[0] == major.to_string() && f[1] == minor.to_string())
+        .and_then(|f| f[9].parse::<u64>().ok())
+        .map_or(0, |sectors| sectors * 512)
+}
+
 /// Peak resident set size of this process (VmHWM), in KiB.
 fn peak_rss_kib() -> u64 {
     status_field(Path::new("/proc/self/status"), "VmHWM:").unwrap_or(0)
@@ -360,9 +383,10 @@ fn commit(options: &Options) {
     );
     println!(
         "| driver | submitters | pairs/s (= posted charges/s) | runs' range | commits/s | p50 ms \
-         | p99 ms | max ms | CPU µs/commit | peak RSS MiB | others' CPU | load before |"
+         | p99 ms | max ms | CPU µs/commit | device bytes/pair | peak RSS MiB | others' CPU \
+         | load before |"
     );
-    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
+    println!("|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|");
     for &driver in &options.drivers {
         for &submitters in &options.submitters {
             let mut args = vec![
@@ -385,7 +409,7 @@ fn commit(options: &Options) {
             let (low, high) = (runs[0].0, runs[runs.len() - 1].0);
             let (_, r, others, load) = &runs[runs.len() / 2];
             println!(
-                "| {} | {} | {} | {low:.0}–{high:.0} | {} | {} | {} | {} | {} | {} | {} | {} |",
+                "| {} | {} | {} | {low:.0}–{high:.0} | {} | {} | {} | {} | {} | {} | {} | {} | {} |",
                 driver.name(),
                 submitters,
                 field(r, "pairs_per_s"),
@@ -394,6 +418,7 @@ fn commit(options: &Options) {
                 field(r, "p99_ms"),
                 field(r, "max_ms"),
                 field(r, "cpu_us_per_commit"),
+                field(r, "device_b_per_pair"),
                 mib(field(r, "peak_rss_kib")),
                 others,
                 load,
@@ -587,6 +612,7 @@ fn commit_one(options: &Options) {
         options.seconds
     );
     let ticks_before = cpu_ticks();
+    let written_before = device_bytes_written(&options.data_dir);
     let started = Instant::now();
     let deadline = started + Duration::from_secs(options.seconds);
     let mut latencies: Vec<u64> = match driver {
@@ -606,6 +632,7 @@ fn commit_one(options: &Options) {
     };
     let elapsed = started.elapsed().as_secs_f64();
     let cpu_ms = (cpu_ticks() - ticks_before) * 10;
+    let written = device_bytes_written(&options.data_dir).saturating_sub(written_before);
     latencies.sort_unstable();
     let commits = latencies.len();
     let pairs = commits / 2;
@@ -616,13 +643,14 @@ fn commit_one(options: &Options) {
         "one entry per issue and per post"
     );
     println!(
-        "RESULT submitters={submitters} pairs={pairs} seconds={elapsed:.2} pairs_per_s={:.0} commits_per_s={:.0} p50_ms={} p99_ms={} max_ms={} cpu_us_per_commit={:.1} peak_rss_kib={}",
+        "RESULT submitters={submitters} pairs={pairs} seconds={elapsed:.2} pairs_per_s={:.0} commits_per_s={:.0} p50_ms={} p99_ms={} max_ms={} cpu_us_per_commit={:.1} device_b_per_pair={} peak_rss_kib={}",
         pairs as f64 / elapsed,
         commits as f64 / elapsed,
         millis(percentile(&latencies, 500)),
         millis(percentile(&latencies, 990)),
         millis(latencies.last().copied().unwrap_or(0)),
         cpu_ms as f64 * 1000.0 / commits as f64,
+        written / u64::try_from(pairs.max(1)).expect("fits"),
         peak_rss_kib(),
     );
 }
