@@ -187,7 +187,7 @@ impl Lookup for StoreLookup<'_> {
     fn hold(&self, hold_id: &str) -> Result<Option<HoldRecord>, CommandError> {
         match self.0.hold(hold_id).map_err(storage_error)? {
             None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
+            Some(bytes) => crate::stored::decode_hold(&bytes)
                 .map(Some)
                 .map_err(storage_error),
         }
@@ -195,7 +195,7 @@ impl Lookup for StoreLookup<'_> {
     fn idempotency(&self, key: &str) -> Result<Option<IdempotencyRecord>, CommandError> {
         match self.0.idempotency(key).map_err(storage_error)? {
             None => Ok(None),
-            Some(bytes) => serde_json::from_slice(&bytes)
+            Some(bytes) => crate::stored::decode_idempotency(&bytes)
                 .map(Some)
                 .map_err(storage_error),
         }
@@ -504,8 +504,7 @@ fn rebuild(store: &Store, verify: Verify) -> Result<State, OpenError> {
         })?;
     }
     for item in store.holds() {
-        let hold: HoldRecord =
-            serde_json::from_slice(&item?).map_err(|e| OpenError::Hold(e.to_string()))?;
+        let hold = crate::stored::decode_hold(&item?).map_err(OpenError::Hold)?;
         state.restore_hold(hold);
     }
     for year in store.closed_years()? {
@@ -838,12 +837,12 @@ fn write_set(delta: &Delta, records: Vec<Record>) -> WriteSet {
         holds: delta
             .holds
             .values()
-            .map(|h| (h.hold_id.clone(), encode(h)))
+            .map(|h| (h.hold_id.clone(), crate::stored::encode_hold(h)))
             .collect(),
         idempotency: delta
             .idempotency
             .iter()
-            .map(|(k, r)| (k.clone(), encode(r)))
+            .map(|(k, r)| (k.clone(), crate::stored::encode_idempotency(r)))
             .collect(),
         closed_years: delta.closed_years.clone(),
         last_time: None,
@@ -879,10 +878,6 @@ fn committer_loop(store: &Store, commits: &Receiver<Commit>, durable: &Sender<Du
             return;
         }
     }
-}
-
-fn encode<T: serde::Serialize>(value: &T) -> Vec<u8> {
-    serde_json::to_vec(value).expect("records of owned strings and integers serialise")
 }
 
 #[cfg(test)]

@@ -14,6 +14,7 @@ pub mod merkle;
 pub mod money;
 pub mod receipt;
 pub mod storage;
+mod stored;
 mod wal;
 
 pub use command::{Command, CommandError, Outcome, Request};
