@@ -124,11 +124,16 @@ pub fn decode_idempotency(bytes: &[u8]) -> Result<IdempotencyRecord, String> {
     Ok(record)
 }
 
-/// The 32 bytes of a lowercase hex SHA-256, if `hex::encode` gives the text back exactly.
+/// The 32 bytes of a lowercase hex SHA-256 (64 characters of `0-9a-f`, which `hex::encode`
+/// gives back exactly), else `None`.
 fn hash_bytes(text: &str) -> Option<[u8; 32]> {
+    let lowercase_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+    if text.len() != 64 || !text.bytes().all(lowercase_hex) {
+        return None;
+    }
     let mut bytes = [0; 32];
     hex::decode_to_slice(text, &mut bytes).ok()?;
-    (hex::encode(bytes) == text).then_some(bytes)
+    Some(bytes)
 }
 
 fn state_code(state: HoldState) -> u8 {
