@@ -596,6 +596,14 @@ impl<'a> EntryView<'a> {
         })
     }
 
+    /// Each posting's account name as the line writes it: the name the account prints as,
+    /// since `parse_exact` took it only if it parses, and names read back print as written.
+    pub fn account_names(&self) -> impl Iterator<Item = &'a str> + '_ {
+        self.text.postings[..self.postings.len()]
+            .iter()
+            .map(|(name, _)| *name)
+    }
+
     /// The refs, in increasing order of names.
     pub fn refs(&self) -> &[(&'a str, &'a str)] {
         &self.refs[..self.refs_len]
@@ -1079,6 +1087,12 @@ mod tests {
                 entry.compute_hash()
             );
             assert_eq!(view.check_rules(), entry.check_rules());
+            let names: Vec<String> = entry
+                .postings
+                .iter()
+                .map(|p| p.account.to_string())
+                .collect();
+            assert!(view.account_names().eq(names.iter().map(String::as_str)));
         }
     }
 
