@@ -514,7 +514,9 @@ impl<'a> EntryView<'a> {
         };
         c.literal(b",\"at\":")?;
         let at = c.string()?;
-        crate::fiscal::parse_timestamp(at).ok()?;
+        if !crate::fiscal::is_timestamp(at) {
+            return None;
+        }
         c.literal(b",\"kind\":")?;
         let kind = match c.word()? {
             "issue" => EntryKind::Issue,
