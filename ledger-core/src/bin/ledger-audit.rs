@@ -10,13 +10,6 @@ use ledger_core::checkpoint::{Checkpoint, PublicKeyDoc};
 use std::path::PathBuf;
 use std::process::ExitCode;
 
-/// With glibc's malloc the verifier took 21,000 page faults over a 1,000,000-entry export
-/// (each block's megabyte mapped and faulted in anew) and malloc/free were ~4 % of its
-/// workers' time (an account allocates per posting); with mimalloc, the allocator
-/// ledger-server ships with, 1,000 faults and ~8 % less CPU (2026-12-04).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 const USAGE: &str = "usage:
   ledger-audit verify --entries FILE --checkpoint FILE --public-key FILE
   ledger-audit verify --data DIR";
