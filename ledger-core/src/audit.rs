@@ -251,24 +251,23 @@ impl CheckedBlock {
     fn push_line(&mut self, line: &[u8], scratch: &mut Vec<u8>) {
         let result = match EntryView::parse_exact(line) {
             Some(view) => view.verify_hash_with(scratch).map(|()| {
-                self.checked(
-                    view.seq,
-                    view.kind,
-                    &view.postings,
-                    view.check_rules(),
-                    view.prev_hash,
-                    view.hash,
-                )
+                let postings =
+                    self.push_postings(&view.postings, view.account_names(), view.check_rules());
+                Checked::new(view.seq, view.kind, view.prev_hash, view.hash, postings)
             }),
             None => Entry::parse_line(line).and_then(|entry| {
                 entry.verify_hash()?;
-                Ok(self.checked(
+                let postings = self.push_postings(
+                    &entry.postings,
+                    entry.postings.iter().map(|p| p.account.to_string()),
+                    entry.check_rules(),
+                );
+                Ok(Checked::new(
                     entry.seq,
                     entry.kind,
-                    &entry.postings,
-                    entry.check_rules(),
                     entry.prev_hash,
                     entry.hash,
+                    postings,
                 ))
             }),
         };
@@ -278,20 +277,19 @@ impl CheckedBlock {
         });
     }
 
-    fn checked(
+    /// An entry's postings, when its rules hold; `names` are their account names, in order
+    /// (a line read in place has them as text, which is cheaper to copy than to print).
+    fn push_postings(
         &mut self,
-        seq: u64,
-        kind: EntryKind,
         postings: &[Posting],
+        names: impl Iterator<Item = impl AsRef<str>>,
         rules: Result<(), crate::journal::JournalError>,
-        prev_hash: Hash,
-        hash: Hash,
-    ) -> Checked {
-        let postings = rules.map_err(|e| e.to_string()).map(|()| {
+    ) -> Result<Range<usize>, String> {
+        rules.map_err(|e| e.to_string()).map(|()| {
             let start = self.postings.len();
-            for p in postings {
+            for (p, name) in postings.iter().zip(names) {
                 let name_start = self.names.len();
-                p.account.write_name(|piece| self.names.push_str(piece));
+                self.names.push_str(name.as_ref());
                 self.postings.push(CheckedPosting {
                     name: name_start..self.names.len(),
                     is_elder: p.account.is_elder(),
@@ -301,7 +299,19 @@ impl CheckedBlock {
                 });
             }
             start..self.postings.len()
-        });
+        })
+    }
+}
+
+impl Checked {
+    /// An entry's results, its Merkle leaf hashed here.
+    fn new(
+        seq: u64,
+        kind: EntryKind,
+        prev_hash: Hash,
+        hash: Hash,
+        postings: Result<Range<usize>, String>,
+    ) -> Checked {
         Checked {
             seq,
             kind,

@@ -7,6 +7,7 @@ use crate::jcs;
 use crate::merkle::Hash;
 use crate::money::Fen;
 use serde::{Deserialize, Serialize};
+use sha2::Digest as _;
 use std::borrow::Cow;
 use std::collections::BTreeMap;
 use std::fmt;
@@ -284,11 +285,16 @@ impl CanonicalFields<'_> {
         scratch.clear();
         scratch.extend_from_slice(ENTRY_HASH_PREFIX);
         write_canonical(self, refs, scratch);
-        let digest = ring::digest::digest(&ring::digest::SHA256, scratch);
-        let mut out = ZERO_HASH;
-        out.copy_from_slice(digest.as_ref());
-        out
+        entry_digest(scratch)
     }
+}
+
+/// SHA-256 of an entry's hash preimage: RustCrypto's `sha2`, the same SHA-NI compression
+/// as ring's digest with less set-up and finishing around it (325 against 400 ns for a
+/// 386-byte preimage, the typical entry, on this machine on 2026-12-04; the auditor pays
+/// it per entry).
+fn entry_digest(preimage: &[u8]) -> Hash {
+    sha2::Sha256::digest(preimage).into()
 }
 
 fn check_hash(stated: &Hash, computed: Hash) -> Result<(), JournalError> {
@@ -508,7 +514,9 @@ impl<'a> EntryView<'a> {
         };
         c.literal(b",\"at\":")?;
         let at = c.string()?;
-        crate::fiscal::parse_timestamp(at).ok()?;
+        if !crate::fiscal::is_timestamp(at) {
+            return None;
+        }
         c.literal(b",\"kind\":")?;
         let kind = match c.word()? {
             "issue" => EntryKind::Issue,
@@ -590,6 +598,14 @@ impl<'a> EntryView<'a> {
         })
     }
 
+    /// Each posting's account name as the line writes it: the name the account prints as,
+    /// since `parse_exact` took it only if it parses, and names read back print as written.
+    pub fn account_names(&self) -> impl Iterator<Item = &'a str> + '_ {
+        self.text.postings[..self.postings.len()]
+            .iter()
+            .map(|(name, _)| *name)
+    }
+
     /// The refs, in increasing order of names.
     pub fn refs(&self) -> &[(&'a str, &'a str)] {
         &self.refs[..self.refs_len]
@@ -618,10 +634,7 @@ impl<'a> EntryView<'a> {
         scratch.clear();
         scratch.extend_from_slice(ENTRY_HASH_PREFIX);
         self.write_canonical_verbatim(scratch);
-        let digest = ring::digest::digest(&ring::digest::SHA256, scratch);
-        let mut out = ZERO_HASH;
-        out.copy_from_slice(digest.as_ref());
-        out
+        entry_digest(scratch)
     }
 
     /// `write_canonical` from the line's own text. Account names read back print as they
@@ -1076,6 +1089,12 @@ mod tests {
                 entry.compute_hash()
             );
             assert_eq!(view.check_rules(), entry.check_rules());
+            let names: Vec<String> = entry
+                .postings
+                .iter()
+                .map(|p| p.account.to_string())
+                .collect();
+            assert!(view.account_names().eq(names.iter().map(String::as_str)));
         }
     }
 

@@ -7,7 +7,8 @@
 //! below `n`, so every left subtree is perfect. [`MerkleTree`] keeps the root of every
 //! perfect subtree, which makes any historical root a fold of at most log₂ n stored hashes.
 
-use ring::digest;
+use sha2::digest::generic_array::GenericArray;
+use sha2::{Digest, Sha256};
 
 /// A SHA-256 output: an entry hash, a leaf or node hash, or a root.
 pub type Hash = [u8; 32];
@@ -27,31 +28,76 @@ pub enum MerkleError {
     OldTreeLarger { from: u64, to: u64 },
 }
 
-fn sha256(parts: &[&[u8]]) -> Hash {
-    let mut context = digest::Context::new(&digest::SHA256);
-    for part in parts {
-        context.update(part);
+/// SHA-256's initial state (FIPS 180-4 §5.3.3).
+const SHA256_INITIAL_STATE: [u32; 8] = [
+    0x6a09_e667,
+    0xbb67_ae85,
+    0x3c6e_f372,
+    0xa54f_f53a,
+    0x510e_527f,
+    0x9b05_688c,
+    0x1f83_d9ab,
+    0x5be0_cd19,
+];
+
+/// Bytes of a leaf's input (prefix + entry hash) and of a node's (prefix + two hashes).
+const LEAF_INPUT_BYTES: usize = 33;
+const NODE_INPUT_BYTES: usize = 65;
+
+/// SHA-256 of a message already laid out in whole 64-byte blocks with its padding
+/// (FIPS 180-4 §5.1.1), through the raw compression function. A leaf is one block and a
+/// node two, always, so their padding is written in place and nothing is buffered or
+/// finalised per call: a node hash took 190 ns through `ring::digest::Context` and 120 ns
+/// this way (SHA-NI on this machine's EPYC, 2026-12-04), and the verifier hashes one leaf
+/// and about one node per entry.
+fn sha256_of_padded(message: &[u8]) -> Hash {
+    debug_assert!(message.len() % 64 == 0, "a padded message is whole blocks");
+    let mut state = SHA256_INITIAL_STATE;
+    for block in message.chunks_exact(64) {
+        sha2::compress256(
+            &mut state,
+            std::slice::from_ref(GenericArray::from_slice(block)),
+        );
     }
-    context
-        .finish()
-        .as_ref()
-        .try_into()
-        .expect("a SHA-256 digest is 32 bytes")
+    let mut out = [0u8; 32];
+    for (bytes, word) in out.chunks_exact_mut(4).zip(state) {
+        bytes.copy_from_slice(&word.to_be_bytes());
+    }
+    out
 }
 
-/// The hash of the leaf for one entry: SHA-256(0x00 ‖ entry hash).
+/// Writes SHA-256's padding after the first `length` bytes of `message`, which ends where
+/// the padded message ends: the byte 0x80, zeros, and the length in bits, big-endian, in
+/// the last eight bytes.
+fn pad(message: &mut [u8], length: usize) {
+    message[length] = 0x80;
+    let bits = u64::try_from(length * 8).expect("a leaf's or a node's length fits in u64");
+    let end = message.len();
+    message[end - 8..].copy_from_slice(&bits.to_be_bytes());
+}
+
+/// The hash of the leaf for one entry: SHA-256(0x00 ‖ entry hash), one block.
 pub fn leaf_hash(entry_hash: &Hash) -> Hash {
-    sha256(&[&[LEAF_PREFIX], entry_hash])
+    let mut message = [0u8; 64];
+    message[0] = LEAF_PREFIX;
+    message[1..LEAF_INPUT_BYTES].copy_from_slice(entry_hash);
+    pad(&mut message, LEAF_INPUT_BYTES);
+    sha256_of_padded(&message)
 }
 
-/// The hash of an interior node: SHA-256(0x01 ‖ left ‖ right).
+/// The hash of an interior node: SHA-256(0x01 ‖ left ‖ right), two blocks.
 pub fn node_hash(left: &Hash, right: &Hash) -> Hash {
-    sha256(&[&[NODE_PREFIX], left, right])
+    let mut message = [0u8; 128];
+    message[0] = NODE_PREFIX;
+    message[1..33].copy_from_slice(left);
+    message[33..NODE_INPUT_BYTES].copy_from_slice(right);
+    pad(&mut message, NODE_INPUT_BYTES);
+    sha256_of_padded(&message)
 }
 
 /// The root of the empty tree: SHA-256 of no bytes.
 pub fn empty_root() -> Hash {
-    sha256(&[])
+    Sha256::digest([]).into()
 }
 
 /// RFC 9162 MTH over the entries in order, by the recursive definition. Linear in the number
@@ -385,6 +431,20 @@ mod tests {
 
     const JOURNAL: &str = include_str!("../../../shared/vectors/journal.jsonl");
     const VECTORS: &str = include_str!("../../../shared/vectors/vectors.json");
+
+    /// SHA-256 of the concatenated parts by another implementation (ring's), to hold the
+    /// hand-padded leaf and node hashes to.
+    fn sha256(parts: &[&[u8]]) -> Hash {
+        let mut context = ring::digest::Context::new(&ring::digest::SHA256);
+        for part in parts {
+            context.update(part);
+        }
+        context
+            .finish()
+            .as_ref()
+            .try_into()
+            .expect("a SHA-256 digest is 32 bytes")
+    }
 
     fn hash_from_hex(text: &str) -> Hash {
         hex::decode(text)
