@@ -12,9 +12,10 @@
 //! names sit in one string per block), so the in-order stage neither frees nor hashes more
 //! than it must.
 
+use crate::account::AccountClass;
 use crate::checkpoint::{verify_checkpoint, Checkpoint};
 use crate::fiscal::Year;
-use crate::journal::{Entry, EntryKind, EntryView, Posting, Side, ZERO_HASH};
+use crate::journal::{Entry, EntryKind, EntryView, Posting, PostingView, Side, ZERO_HASH};
 use crate::merkle::{Hash, MerkleFrontier};
 use crate::money::Fen;
 use std::collections::{BTreeMap, HashMap};
@@ -251,14 +252,17 @@ impl CheckedBlock {
     fn push_line(&mut self, line: &[u8], scratch: &mut Vec<u8>) {
         let result = match EntryView::parse_exact(line) {
             Some(view) => view.verify_hash_with(scratch).map(|()| {
-                let postings =
-                    self.push_postings(&view.postings, view.account_names(), view.check_rules());
+                let postings = self.push_postings(
+                    view.postings().iter().copied(),
+                    view.account_names(),
+                    view.check_rules(),
+                );
                 Checked::new(view.seq, view.kind, view.prev_hash, view.hash, postings)
             }),
             None => Entry::parse_line(line).and_then(|entry| {
                 entry.verify_hash()?;
                 let postings = self.push_postings(
-                    &entry.postings,
+                    entry.postings.iter().map(Posting::view),
                     entry.postings.iter().map(|p| p.account.to_string()),
                     entry.check_rules(),
                 );
@@ -281,19 +285,19 @@ impl CheckedBlock {
     /// (a line read in place has them as text, which is cheaper to copy than to print).
     fn push_postings(
         &mut self,
-        postings: &[Posting],
+        postings: impl Iterator<Item = PostingView>,
         names: impl Iterator<Item = impl AsRef<str>>,
         rules: Result<(), crate::journal::JournalError>,
     ) -> Result<Range<usize>, String> {
         rules.map_err(|e| e.to_string()).map(|()| {
             let start = self.postings.len();
-            for (p, name) in postings.iter().zip(names) {
+            for (p, name) in postings.zip(names) {
                 let name_start = self.names.len();
                 self.names.push_str(name.as_ref());
                 self.postings.push(CheckedPosting {
                     name: name_start..self.names.len(),
-                    is_elder: p.account.is_elder(),
-                    year: p.account.year(),
+                    is_elder: p.class == AccountClass::Elder,
+                    year: p.year,
                     side: p.side,
                     amount: p.amount,
                 });
