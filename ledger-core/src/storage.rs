@@ -602,8 +602,11 @@ impl Store {
             db.apply_batch(batch)?;
         }
         // What lies past the end sled knows of was never acknowledged: cut it off. Less
-        // than that means sled holds pointers to bytes lost (only a power loss that kept
-        // sled's writes and not the log's could do that): refuse, naming it.
+        // than that means sled holds pointers to bytes lost: only a power loss can do that,
+        // one that kept a batch in sled whose frame and data bytes were not yet durable (a
+        // checkpoint flushes sled whole, batches still syncing included, and sled may write
+        // on its own). Refuse, naming it. (Rolling such batches back is possible, since
+        // chunk numbers and seqs grow in write order, and not done yet.)
         let data_end = match db.get(META_DATA_END)? {
             Some(v) => decode_u64(&v, "data end")?,
             None => 0,
