@@ -25,7 +25,10 @@
 //! every checkpoint before sled, and each frame names where its values went (`m/data_at`),
 //! so opening writes the values of every frame again where they were (whatever of them a
 //! crash lost), then cuts the file at sled's `m/data_end` (bytes past it were never
-//! acknowledged). A v3 store (values in sled) is migrated on open: values copied out in one
+//! acknowledged). After a power loss sled may hold a batch whose frame and bytes were not
+//! durable (a checkpoint flushes sled whole): opening rolls back every chunk whose bytes
+//! start past the durable point (the newest frame's end, or the last checkpoint's synced
+//! end, `m/data_durable`), and the years such a batch closed. A v3 store (values in sled) is migrated on open: values copied out in one
 //! sled batch with the new format mark, then both log files emptied.
 //!
 //! Layout (format v2): sled pays about 10 µs of CPU for every key inserted at a random place
@@ -66,6 +69,8 @@ const META_LAST_TIME: &[u8] = b"m/last_time";
 const META_FORMAT: &[u8] = b"m/format";
 /// Where the data file's bytes in use end (u64 BE), written with every batch that adds some.
 const META_DATA_END: &[u8] = b"m/data_end";
+/// Data file bytes below this (u64 BE) were synced by a checkpoint, which writes it.
+const META_DATA_DURABLE: &[u8] = b"m/data_durable";
 /// In a log frame only: where in the data file the frame's chunk values begin (u64 BE).
 const META_DATA_AT: &[u8] = b"m/data_at";
 const FORMAT_VERSION: &[u8] = b"ledger-store-v4";
@@ -208,8 +213,9 @@ pub struct Store {
     db: sled::Db,
     /// The data file (read by anyone, appended to by the committer only).
     data: std::sync::Arc<File>,
-    /// Where the data file's bytes in use end: the next chunk goes there.
-    data_end: std::sync::atomic::AtomicU64,
+    /// Where the data file's bytes in use end: the next chunk goes there (shared with the
+    /// checkpoint thread, which records how far its sync reached).
+    data_end: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// What makes sled durable; shared with the checkpoint thread.
     sled_sync: std::sync::Arc<SledSync>,
     /// Where the latest version of each hold and idempotency record is.
@@ -264,6 +270,8 @@ struct SledSync {
     db: sled::Db,
     /// The data file: synced before sled, whose pointers lead into it.
     data: std::sync::Arc<File>,
+    /// The store's `data_end`.
+    data_end: std::sync::Arc<std::sync::atomic::AtomicU64>,
     /// sled's log file, kept open to fsync it after each flush.
     log_file: File,
     /// sled's blob directory, and the blob files in it already fsynced.
@@ -274,9 +282,14 @@ struct SledSync {
 impl SledSync {
     /// Makes everything written to sled so far durable.
     fn checkpoint(&self) -> Result<(), StorageError> {
+        // Every byte below `synced` is durable once the sync returns: recorded in sled, so
+        // that an open after a power loss knows how far sled's chunks are backed.
+        let synced = self.data_end.load(std::sync::atomic::Ordering::SeqCst);
         self.data
             .sync_data()
             .map_err(io_err(Path::new(DATA_FILE)))?;
+        self.db
+            .insert(META_DATA_DURABLE, &synced.to_be_bytes()[..])?;
         self.db.flush()?;
         self.sync_blobs()?;
         self.log_file
@@ -569,6 +582,12 @@ impl Store {
         // carry no data offset: their values go into sled as they are, as v3 had them.)
         let recovered = wal::recover(dir).map_err(io_err(dir))?;
         let mut last_time = last_time_in(&db)?;
+        // Where sled's batches end before the replay (which writes each frame's end).
+        let sled_end = match db.get(META_DATA_END)? {
+            Some(v) => decode_u64(&v, "data end")?,
+            None => 0,
+        };
+        let mut replayed_end = None;
         for frame in &recovered.frames {
             let mut batch = sled::Batch::default();
             let mut data_at = match frame.ops.iter().find(|(k, _)| k == META_DATA_AT) {
@@ -598,15 +617,15 @@ impl Store {
             }
             if let Some(end) = data_at {
                 batch.insert(META_DATA_END, &end.to_be_bytes()[..]);
+                replayed_end = Some(end);
             }
             db.apply_batch(batch)?;
         }
+        if !v3 {
+            roll_back_past(&db, sled_end, replayed_end)?;
+        }
         // What lies past the end sled knows of was never acknowledged: cut it off. Less
-        // than that means sled holds pointers to bytes lost: only a power loss can do that,
-        // one that kept a batch in sled whose frame and data bytes were not yet durable (a
-        // checkpoint flushes sled whole, batches still syncing included, and sled may write
-        // on its own). Refuse, naming it. (Rolling such batches back is possible, since
-        // chunk numbers and seqs grow in write order, and not done yet.)
+        // than that, after `roll_back_past`, is damage: refuse, naming it.
         let data_end = match db.get(META_DATA_END)? {
             Some(v) => decode_u64(&v, "data end")?,
             None => 0,
@@ -703,9 +722,11 @@ impl Store {
         writer: wal::Writer,
     ) -> Store {
         let data = std::sync::Arc::new(data);
+        let data_end = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(data_end));
         let sled_sync = std::sync::Arc::new(SledSync {
             db: db.clone(),
             data: std::sync::Arc::clone(&data),
+            data_end: std::sync::Arc::clone(&data_end),
             log_file,
             blobs_dir: dir.join(SLED_DIR).join("blobs"),
             blobs_synced: std::sync::Mutex::new(std::collections::HashSet::new()),
@@ -744,7 +765,7 @@ impl Store {
         Store {
             db,
             data,
-            data_end: std::sync::atomic::AtomicU64::new(data_end),
+            data_end,
             sled_sync,
             index: std::sync::RwLock::new(KeyIndex::default()),
             next_chunk: std::sync::atomic::AtomicU64::new(0),
@@ -966,8 +987,14 @@ impl Store {
             }
             ops.push((key(KEYED, &chunk_no.to_be_bytes()), value));
         }
+        // A closed year's value: where its batch's data begins, so that an open can roll
+        // the close back with the batch (see `open`). Empty in stores written before.
+        let base = self.data_end.load(std::sync::atomic::Ordering::SeqCst);
         for year in set.closed_years {
-            ops.push((key(CLOSED_YEAR, year.to_string().as_bytes()), Vec::new()));
+            ops.push((
+                key(CLOSED_YEAR, year.to_string().as_bytes()),
+                base.to_be_bytes().to_vec(),
+            ));
         }
         if let Some(t) = set.last_time {
             ops.push((META_LAST_TIME.to_vec(), t.to_be_bytes().to_vec()));
@@ -1001,8 +1028,7 @@ impl Store {
             }
         }
         // Chunk values go to the data file, one write after the frame; sled gets pointers.
-        // Only the committer writes, so the end read here is still the end when written.
-        let base = self.data_end.load(std::sync::atomic::Ordering::SeqCst);
+        // Only the committer writes, so the end read above is still the end when written.
         let mut batch = sled::Batch::default();
         let mut values: Vec<&[u8]> = Vec::new();
         let mut end = base;
@@ -1172,6 +1198,52 @@ impl Store {
             .filter_map(|(k, v)| v.map(|v| Ok((k, v))));
         failure.map(Err).into_iter().chain(records)
     }
+}
+
+/// Removes from sled every batch written past the last point known durable, after a replay
+/// whose newest frame with data ended at `replayed_end`. Only a power loss leaves such
+/// batches: sled may hold a batch whose frame and data bytes were not yet durable (a
+/// checkpoint flushes sled whole, batches still syncing included, and sled may write on
+/// its own). That batch was never acknowledged (its frame was not synced), and its data
+/// bytes may be missing or zeros, so it goes, whole: every chunk whose bytes start at or
+/// past the durable point (data offsets grow in write order, batch by batch), the years it
+/// closed, and the data end. The durable point is the later of the newest frame's end
+/// (frames survive only whole) and the last checkpoint's synced end; `sled_end` is where
+/// sled's batches ended before the replay. Returns how many items went.
+fn roll_back_past(
+    db: &sled::Db,
+    sled_end: u64,
+    replayed_end: Option<u64>,
+) -> Result<usize, StorageError> {
+    let checkpointed = match db.get(META_DATA_DURABLE)? {
+        Some(v) => decode_u64(&v, "durable data end")?,
+        None => 0,
+    };
+    let durable = replayed_end.unwrap_or(0).max(checkpointed);
+    if sled_end.max(replayed_end.unwrap_or(0)) <= durable {
+        return Ok(0);
+    }
+    let mut batch = sled::Batch::default();
+    let mut removed = 0;
+    for prefix in [ENTRY, KEYED, RECORD_CHUNKS] {
+        for item in db.scan_prefix(prefix) {
+            let (k, pointer) = item?;
+            if decode_pointer(&pointer)?.0 >= durable {
+                batch.remove(k);
+                removed += 1;
+            }
+        }
+    }
+    for item in db.scan_prefix(CLOSED_YEAR) {
+        let (k, at) = item?;
+        if at.len() == 8 && decode_u64(&at, "closed year's data offset")? >= durable {
+            batch.remove(k);
+            removed += 1;
+        }
+    }
+    batch.insert(META_DATA_END, &durable.to_be_bytes()[..]);
+    db.apply_batch(batch)?;
+    Ok(removed)
 }
 
 fn last_time_in(db: &sled::Db) -> Result<Option<i64>, StorageError> {
@@ -1673,6 +1745,56 @@ mod tests {
         for name in wal::FILE_NAMES {
             std::fs::copy(from.join(name), to.join(name)).unwrap();
         }
+    }
+
+    #[test]
+    fn batches_sled_kept_past_the_durable_log_and_data_are_rolled_back() {
+        let _target = log_file_target(wal::FILE_TARGET);
+        let dir = tempfile::tempdir().unwrap();
+        let saved = tempfile::tempdir().unwrap();
+        let (store, _) = Store::create(dir.path(), &[8u8; 32]).unwrap();
+        for n in 0..3 {
+            store.commit(batch(n)).unwrap();
+        }
+        let expected = read_all(&store, 3);
+        // The log and the data file as a power loss would leave them: what was synced
+        // up to here, and nothing after.
+        copy_log(dir.path(), saved.path());
+        std::fs::copy(dir.path().join(DATA_FILE), saved.path().join(DATA_FILE)).unwrap();
+        // Three more batches (the first closes 2025) that sled keeps, as a checkpoint that
+        // flushed sled whole, or sled's own writes, could have left it.
+        for n in 3..6 {
+            store.commit(batch(n)).unwrap();
+        }
+        drop(store);
+        copy_log(saved.path(), dir.path());
+        std::fs::copy(saved.path().join(DATA_FILE), dir.path().join(DATA_FILE)).unwrap();
+        let (store, _) = Store::open(dir.path()).unwrap();
+        let without_time = |mut seen: Vec<String>| {
+            // `m/last_time` may stay ahead: it only keeps later stamps from going back.
+            seen.retain(|line| !line.starts_with("last time"));
+            seen
+        };
+        assert_eq!(
+            without_time(read_all(&store, 3)),
+            without_time(expected.clone())
+        );
+        assert_eq!(store.entries_from(0).count(), 6);
+        assert_eq!(store.hold("H3").unwrap(), None);
+        assert_eq!(store.hold("H2").unwrap(), Some(b"placed 2".to_vec()));
+        assert_eq!(store.idempotency("k5").unwrap(), None);
+        assert!(
+            store.closed_years().unwrap().is_empty(),
+            "the close went too"
+        );
+        // It goes on from there, and a reopen keeps it all.
+        store.commit(batch(3)).unwrap();
+        let expected = read_all(&store, 4);
+        assert_eq!(store.entries_from(0).count(), 8);
+        drop(store);
+        let (store, _) = Store::open(dir.path()).unwrap();
+        assert_eq!(read_all(&store, 4), expected);
+        assert_eq!(store.closed_years().unwrap().len(), 1);
     }
 
     #[test]
