@@ -1209,28 +1209,26 @@ impl Store {
 /// past the durable point (data offsets grow in write order, batch by batch), the years it
 /// closed, and the data end. The durable point is the later of the newest frame's end
 /// (frames survive only whole) and the last checkpoint's synced end; `sled_end` is where
-/// sled's batches ended before the replay. Returns how many items went.
+/// sled's batches ended before the replay.
 fn roll_back_past(
     db: &sled::Db,
     sled_end: u64,
     replayed_end: Option<u64>,
-) -> Result<usize, StorageError> {
+) -> Result<(), StorageError> {
     let checkpointed = match db.get(META_DATA_DURABLE)? {
         Some(v) => decode_u64(&v, "durable data end")?,
         None => 0,
     };
     let durable = replayed_end.unwrap_or(0).max(checkpointed);
     if sled_end.max(replayed_end.unwrap_or(0)) <= durable {
-        return Ok(0);
+        return Ok(());
     }
     let mut batch = sled::Batch::default();
-    let mut removed = 0;
     for prefix in [ENTRY, KEYED, RECORD_CHUNKS] {
         for item in db.scan_prefix(prefix) {
             let (k, pointer) = item?;
             if decode_pointer(&pointer)?.0 >= durable {
                 batch.remove(k);
-                removed += 1;
             }
         }
     }
@@ -1238,12 +1236,11 @@ fn roll_back_past(
         let (k, at) = item?;
         if at.len() == 8 && decode_u64(&at, "closed year's data offset")? >= durable {
             batch.remove(k);
-            removed += 1;
         }
     }
     batch.insert(META_DATA_END, &durable.to_be_bytes()[..]);
     db.apply_batch(batch)?;
-    Ok(removed)
+    Ok(())
 }
 
 fn last_time_in(db: &sled::Db) -> Result<Option<i64>, StorageError> {
