@@ -149,11 +149,19 @@ fn decode_pointer(v: &[u8]) -> Result<(u64, usize), StorageError> {
     Ok((u64::from_be_bytes(offset), len))
 }
 
+/// The 8 bytes of a stored integer (`what` names it in the error).
+fn eight_bytes(v: &[u8], what: &str) -> Result<[u8; 8], StorageError> {
+    v.try_into()
+        .map_err(|_| StorageError::Corrupt(format!("bad {what}")))
+}
+
 fn decode_u64(v: &[u8], what: &str) -> Result<u64, StorageError> {
-    let bytes: [u8; 8] = v
-        .try_into()
-        .map_err(|_| StorageError::Corrupt(format!("bad {what}")))?;
-    Ok(u64::from_be_bytes(bytes))
+    eight_bytes(v, what).map(u64::from_be_bytes)
+}
+
+/// The u64 stored under `k`, 0 if none.
+fn stored_u64(db: &sled::Db, k: &[u8], what: &str) -> Result<u64, StorageError> {
+    db.get(k)?.map_or(Ok(0), |v| decode_u64(&v, what))
 }
 
 fn open_data(dir: &Path) -> Result<File, StorageError> {
@@ -583,10 +591,7 @@ impl Store {
         let recovered = wal::recover(dir).map_err(io_err(dir))?;
         let mut last_time = last_time_in(&db)?;
         // Where sled's batches end before the replay (which writes each frame's end).
-        let sled_end = match db.get(META_DATA_END)? {
-            Some(v) => decode_u64(&v, "data end")?,
-            None => 0,
-        };
+        let sled_end = stored_u64(&db, META_DATA_END, "data end")?;
         let mut replayed_end = None;
         for frame in &recovered.frames {
             let mut batch = sled::Batch::default();
@@ -626,10 +631,7 @@ impl Store {
         }
         // What lies past the end sled knows of was never acknowledged: cut it off. Less
         // than that, after `roll_back_past`, is damage: refuse, naming it.
-        let data_end = match db.get(META_DATA_END)? {
-            Some(v) => decode_u64(&v, "data end")?,
-            None => 0,
-        };
+        let data_end = stored_u64(&db, META_DATA_END, "data end")?;
         let data_len = data.metadata().map_err(io_err(&data_path))?.len();
         if data_len < data_end {
             return Err(StorageError::Corrupt(format!(
@@ -1215,10 +1217,7 @@ fn roll_back_past(
     sled_end: u64,
     replayed_end: Option<u64>,
 ) -> Result<(), StorageError> {
-    let checkpointed = match db.get(META_DATA_DURABLE)? {
-        Some(v) => decode_u64(&v, "durable data end")?,
-        None => 0,
-    };
+    let checkpointed = stored_u64(db, META_DATA_DURABLE, "durable data end")?;
     let durable = replayed_end.unwrap_or(0).max(checkpointed);
     if sled_end.max(replayed_end.unwrap_or(0)) <= durable {
         return Ok(());
@@ -1248,10 +1247,7 @@ fn last_time_in(db: &sled::Db) -> Result<Option<i64>, StorageError> {
 }
 
 fn decode_time(v: &[u8]) -> Result<i64, StorageError> {
-    let bytes: [u8; 8] = v
-        .try_into()
-        .map_err(|_| StorageError::Corrupt("bad last_time".into()))?;
-    Ok(i64::from_be_bytes(bytes))
+    eight_bytes(v, "last_time").map(i64::from_be_bytes)
 }
 
 impl Drop for Store {
