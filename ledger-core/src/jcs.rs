@@ -126,23 +126,24 @@ pub fn write_string_contents(text: &str, out: &mut Vec<u8>) {
 /// `\` or C0 control (or all of them). Looks at eight bytes at a time, since most strings
 /// in a journal have nothing to escape.
 pub fn plain_prefix_len(bytes: &[u8]) -> usize {
-    const ONES: u64 = u64::from_ne_bytes([0x01; 8]);
-    const HIGHS: u64 = u64::from_ne_bytes([0x80; 8]);
-    const QUOTES: u64 = u64::from_ne_bytes([b'"'; 8]);
-    const BACKSLASHES: u64 = u64::from_ne_bytes([b'\\'; 8]);
-    const SPACES: u64 = u64::from_ne_bytes([0x20; 8]);
+    const ONES: u64 = u64::from_le_bytes([0x01; 8]);
+    const HIGHS: u64 = u64::from_le_bytes([0x80; 8]);
+    const QUOTES: u64 = u64::from_le_bytes([b'"'; 8]);
+    const BACKSLASHES: u64 = u64::from_le_bytes([b'\\'; 8]);
+    const SPACES: u64 = u64::from_le_bytes([0x20; 8]);
     // A byte's high bit set here, for any byte of `word` below `limit` (which is at most
-    // 0x80). The classic "has less than" test: exact for the first such byte, which is all
-    // the caller needs.
+    // 0x80). The classic "has less than" test: exact for the first such byte (a borrow
+    // only runs upward, past it), which is all the caller needs.
     let any_below = |word: u64, limit: u64| word.wrapping_sub(limit) & !word & HIGHS;
     let mut position = 0;
     for chunk in bytes.chunks_exact(8) {
-        let word = u64::from_ne_bytes(chunk.try_into().expect("chunks_exact(8) gives 8 bytes"));
+        let word = u64::from_le_bytes(chunk.try_into().expect("chunks_exact(8) gives 8 bytes"));
         let special = any_below(word ^ QUOTES, ONES)
             | any_below(word ^ BACKSLASHES, ONES)
             | any_below(word, SPACES);
         if special != 0 {
-            break;
+            // Little-endian: the first byte is the lowest, and its high bit is exact.
+            return position + special.trailing_zeros() as usize / 8;
         }
         position += 8;
     }
