@@ -260,7 +260,7 @@ pub fn is_timestamp(s: &str) -> bool {
 /// For a text shaped `DDDD-DD-DDTDD:DD:DDZ`: whether it names a real instant (a day of the
 /// proleptic Gregorian calendar, hour < 24, minute and second < 60). `None` for any other
 /// shape, and for second 60, which chrono's own leap-second rules decide.
-fn journal_form_is_valid(text: &[u8]) -> Option<bool> {
+pub(crate) fn journal_form_is_valid(text: &[u8]) -> Option<bool> {
     let text: &[u8; 20] = text.try_into().ok()?;
     let separators = [
         (4, b'-'),

@@ -550,20 +550,16 @@ impl<'a> EntryView<'a> {
             prev_hash: "",
         };
         c.literal(b",\"at\":")?;
-        let at = c.string()?;
-        if !crate::fiscal::is_timestamp(at) {
-            return None;
-        }
+        let at = c.timestamp()?;
         c.literal(b",\"kind\":")?;
-        let kind = match c.word()? {
-            "issue" => EntryKind::Issue,
-            "charge" => EntryKind::Charge,
-            "refund" => EntryKind::Refund,
-            "offset" => EntryKind::Offset,
-            "forfeit" => EntryKind::Forfeit,
-            "payout" => EntryKind::Payout,
-            _ => return None,
-        };
+        let kind = c.one_of(&[
+            (b"\"issue\"", EntryKind::Issue),
+            (b"\"charge\"", EntryKind::Charge),
+            (b"\"refund\"", EntryKind::Refund),
+            (b"\"offset\"", EntryKind::Offset),
+            (b"\"forfeit\"", EntryKind::Forfeit),
+            (b"\"payout\"", EntryKind::Payout),
+        ])?;
         c.literal(b",\"postings\":[")?;
         let mut postings = [NO_POSTING; POSTINGS_MAX];
         let mut postings_len = 0;
@@ -572,11 +568,7 @@ impl<'a> EntryView<'a> {
             let account_text = c.string()?;
             let (class, year) = AccountId::classify(account_text).ok()?;
             c.literal(b",\"side\":")?;
-            let side = match c.word()? {
-                "debit" => Side::Debit,
-                "credit" => Side::Credit,
-                _ => return None,
-            };
+            let side = c.one_of(&[(b"\"debit\"", Side::Debit), (b"\"credit\"", Side::Credit)])?;
             c.literal(b",\"amount\":")?;
             let amount_text = c.string()?;
             let amount = Fen::parse_amount(amount_text).ok()?;
@@ -840,19 +832,30 @@ impl<'a> ExactCursor<'a> {
         self.text.get(start..start + length)
     }
 
-    /// A JSON string of lowercase ASCII letters (an entry kind or a side), read without
-    /// the general string scan.
-    fn word(&mut self) -> Option<&'a str> {
-        self.literal(b"\"")?;
-        let start = self.at;
-        let length = self
-            .rest()
-            .iter()
-            .take_while(|b| b.is_ascii_lowercase())
-            .count();
-        self.at += length;
-        self.literal(b"\"")?;
-        self.text.get(start..start + length)
+    /// The value of the first of `choices` whose text comes next (each a quoted word with
+    /// nothing to escape, so its text is its whole JSON string), stepping over it.
+    fn one_of<T: Copy>(&mut self, choices: &[(&[u8], T)]) -> Option<T> {
+        let rest = self.rest();
+        let (text, value) = choices.iter().find(|(text, _)| rest.starts_with(text))?;
+        self.at += text.len();
+        Some(*value)
+    }
+
+    /// An entry's time: in the journal's own 20-character form, read without a scan (its
+    /// digits and separators need no escape); else any JSON string `is_timestamp` takes.
+    fn timestamp(&mut self) -> Option<&'a str> {
+        let rest = self.rest();
+        if let Some(b'"') = rest.get(21) {
+            if rest[0] == b'"' {
+                if let Some(valid) = crate::fiscal::journal_form_is_valid(&rest[1..21]) {
+                    let at = self.text.get(self.at + 1..self.at + 21)?;
+                    self.at += 22;
+                    return valid.then_some(at);
+                }
+            }
+        }
+        let at = self.string()?;
+        crate::fiscal::is_timestamp(at).then_some(at)
     }
 
     /// A JSON integer as serde reads a u64: digits, no leading zero but a lone `0`.
@@ -1292,6 +1295,37 @@ mod tests {
                 }
                 check_fast_path_agrees(&line);
             }
+        }
+    }
+
+    /// `at` in the journal's own form is read without a scan; any other form, or a text
+    /// of that length that is no instant, goes the general way: the line is read in place
+    /// exactly when `is_timestamp` takes its `at`, and then as serde reads it.
+    #[test]
+    fn the_time_is_read_in_place_exactly_when_it_is_a_timestamp() {
+        let line = JOURNAL.lines().next().unwrap();
+        let original = "\"at\":\"2026-01-01T01:00:00Z\"";
+        assert!(line.contains(original));
+        for at in [
+            "2026-01-01T01:00:00Z",
+            "2024-02-29T23:59:59Z",
+            "2026-02-29T01:00:00Z",
+            "2026-01-01T24:00:00Z",
+            "2026-01-01T01:00:00z",
+            "2026-01-01T01:00:00.5Z",
+            "2026-01-01T09:00:00+08:00",
+            "2026-01-01 01:00:00Z",
+            "2026-01-01T01:00:0\\Z",
+            "",
+        ] {
+            let edited = line.replacen(original, &format!("\"at\":\"{at}\""), 1);
+            let view = EntryView::parse_exact(edited.as_bytes());
+            assert_eq!(
+                view.is_some(),
+                !at.contains('\\') && crate::fiscal::is_timestamp(at),
+                "{at}"
+            );
+            check_fast_path_agrees(edited.as_bytes());
         }
     }
 
