@@ -264,35 +264,117 @@ impl CheckedBlock {
     /// Parses a line, recomputes its hash (building the preimage in `scratch`) and checks
     /// its rules. Lines as the ledger writes them are read in place; others through serde.
     fn push_line(&mut self, line: &[u8], scratch: &mut Vec<u8>) {
-        let result = match EntryView::parse_exact(line) {
-            Some(view) => view.verify_hash_with(scratch).map(|()| {
-                let postings = self.push_postings(
-                    view.postings().iter().copied(),
-                    view.account_names(),
-                    view.check_rules(),
-                );
-                Checked::new(view.seq, view.kind, view.prev_hash, view.hash, postings)
-            }),
-            None => Entry::parse_line(line).and_then(|entry| {
-                entry.verify_hash()?;
-                let postings = self.push_postings(
-                    entry.postings.iter().map(Posting::view),
-                    entry.postings.iter().map(|p| p.account.to_string()),
-                    entry.check_rules(),
-                );
-                Ok(Checked::new(
-                    entry.seq,
-                    entry.kind,
-                    entry.prev_hash,
-                    entry.hash,
-                    postings,
-                ))
-            }),
-        };
+        match EntryView::parse_exact(line) {
+            Some(view) => self.push_view(&view, scratch),
+            None => self.push_by_serde(line),
+        }
+    }
+
+    /// A line read in place: its hash recomputed, its rules checked.
+    fn push_view(&mut self, view: &EntryView, scratch: &mut Vec<u8>) {
+        let result = view.verify_hash_with(scratch).map(|()| {
+            let postings = self.push_postings(
+                view.postings().iter().copied(),
+                view.account_names(),
+                view.check_rules(),
+            );
+            Checked::new(view.seq, view.kind, view.prev_hash, view.hash, postings)
+        });
+        self.push_result(result);
+    }
+
+    /// A line not as the ledger writes it, read through serde (or refused).
+    fn push_by_serde(&mut self, line: &[u8]) {
+        let result = Entry::parse_line(line).and_then(|entry| {
+            entry.verify_hash()?;
+            let postings = self.push_postings(
+                entry.postings.iter().map(Posting::view),
+                entry.postings.iter().map(|p| p.account.to_string()),
+                entry.check_rules(),
+            );
+            Ok(Checked::new(
+                entry.seq,
+                entry.kind,
+                entry.prev_hash,
+                entry.hash,
+                postings,
+            ))
+        });
+        self.push_result(result);
+    }
+
+    fn push_result(&mut self, result: Result<Checked, crate::journal::JournalError>) {
         self.lines.push(match result {
             Ok(checked) => Line::Entry(checked),
             Err(e) => Line::Bad(e.to_string()),
         });
+    }
+
+    /// Every line of `text` (an export block without its last newline). An entry as the
+    /// ledger writes it is read where it starts, with no scan for its end, and the next
+    /// line's `prev_hash` is matched against its hash's text; anything else is split off
+    /// at its newline and read as `push_lines` reads it.
+    fn push_text(&mut self, text: &str, scratch: &mut Vec<u8>) {
+        let mut rest = text;
+        let mut view = EntryView::empty();
+        let mut previous: Option<(Hash, &str)> = None;
+        loop {
+            // What follows an entry read in place: `Some(rest)` after its newline, `None`
+            // at the end; anything else makes its line one for `push_first_line`.
+            let next = view.parse_exact_into(rest, previous).and_then(|length| {
+                let after = &rest[length..];
+                match after.strip_prefix('\n') {
+                    Some(next) => Some(Some(next)),
+                    None => match after.strip_prefix("\r\n") {
+                        Some(next) => Some(Some(next)),
+                        None => after.is_empty().then_some(None),
+                    },
+                }
+            });
+            match next {
+                Some(next) => {
+                    self.push_view(&view, scratch);
+                    previous = Some((view.hash, view.hash_text()));
+                    match next {
+                        Some(next) => rest = next,
+                        None => return,
+                    }
+                }
+                None => {
+                    previous = None;
+                    match self.push_first_line(rest.as_bytes(), scratch) {
+                        // After a newline: a character boundary.
+                        Some(after) => rest = &rest[rest.len() - after.len()..],
+                        None => return,
+                    }
+                }
+            }
+        }
+    }
+
+    /// Every line of `bytes` (an export block without its last newline), each split off
+    /// at its newline.
+    fn push_lines(&mut self, bytes: &[u8], scratch: &mut Vec<u8>) {
+        let mut rest = bytes;
+        while let Some(after) = self.push_first_line(rest, scratch) {
+            rest = after;
+        }
+    }
+
+    /// The first line of `bytes` (up to a newline, less a `\r` before it, or all of them);
+    /// what follows its newline, if it has one.
+    fn push_first_line<'b>(&mut self, bytes: &'b [u8], scratch: &mut Vec<u8>) -> Option<&'b [u8]> {
+        let (line, after) = match find_newline(bytes) {
+            Some(end) => (&bytes[..end], Some(&bytes[end + 1..])),
+            None => (bytes, None),
+        };
+        let line = line.strip_suffix(b"\r").unwrap_or(line);
+        if line.is_empty() {
+            self.push_blank();
+        } else {
+            self.push_line(line, scratch);
+        }
+        after
     }
 
     /// An entry's postings, when its rules hold; `names` are their account names, in order
@@ -358,22 +440,12 @@ impl Block {
         match self {
             Block::Export(bytes) => {
                 let mut checked = CheckedBlock::reuse(into, bytes.len() / LINE_BYTES_TYPICAL);
-                let mut rest: &[u8] = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
-                loop {
-                    let (line, after) = match find_newline(rest) {
-                        Some(end) => (&rest[..end], Some(&rest[end + 1..])),
-                        None => (rest, None),
-                    };
-                    let line = line.strip_suffix(b"\r").unwrap_or(line);
-                    if line.is_empty() {
-                        checked.push_blank();
-                    } else {
-                        checked.push_line(line, &mut scratch);
-                    }
-                    match after {
-                        Some(after) => rest = after,
-                        None => break,
-                    }
+                let body: &[u8] = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+                // Checked as UTF-8 once for the block, not once per line; a block that is
+                // not UTF-8 is read line by line, each line refused or read on its own.
+                match std::str::from_utf8(body) {
+                    Ok(text) => checked.push_text(text, &mut scratch),
+                    Err(_) => checked.push_lines(body, &mut scratch),
                 }
                 checked.spent = bytes;
                 checked

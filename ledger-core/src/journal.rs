@@ -527,6 +527,7 @@ struct ViewText<'a> {
     /// The refs object, braces included.
     refs: &'a str,
     prev_hash: &'a str,
+    hash: &'a str,
 }
 
 impl<'a> EntryView<'a> {
@@ -536,23 +537,57 @@ impl<'a> EntryView<'a> {
     /// reads, `Entry::parse_line`'s serde path reads to the same entry (the tests hold it
     /// to that on random and mutated lines); on anything else it gives up with `None`.
     pub fn parse_exact(line: &'a [u8]) -> Option<EntryView<'a>> {
-        let mut c = ExactCursor {
-            text: std::str::from_utf8(line).ok()?,
-            at: 0,
-        };
+        let text = std::str::from_utf8(line).ok()?;
+        let mut view = EntryView::empty();
+        let length = view.parse_exact_into(text, None)?;
+        (length == text.len()).then_some(view)
+    }
+
+    /// A view of no entry, to parse into (`parse_exact_into`).
+    pub fn empty() -> EntryView<'a> {
+        EntryView {
+            seq: 0,
+            at: "",
+            kind: EntryKind::Issue,
+            postings: [NO_POSTING; POSTINGS_MAX],
+            postings_len: 0,
+            refs: [("", ""); REFS_MAX],
+            refs_len: 0,
+            prev_hash: ZERO_HASH,
+            hash: ZERO_HASH,
+            text: ViewText {
+                seq: "",
+                postings: [("", ""); POSTINGS_MAX],
+                refs: "",
+                prev_hash: "",
+                hash: "",
+            },
+        }
+    }
+
+    /// `parse_exact` for the entry at the start of `text` (a block of lines, read with no
+    /// scan for its end), into `self`: how many bytes of `text` it takes. Its line is those
+    /// bytes when a newline or the end of `text` follows them. On `None` the view holds
+    /// nothing to use. Parsing in place spares a copy of the view (about a kilobyte) per
+    /// line. `previous` is the hash of the entry before it and that hash's text
+    /// (`hash_text`), when known; a `prev_hash` written as that text is taken without
+    /// decoding it again.
+    pub fn parse_exact_into(
+        &mut self,
+        text: &'a str,
+        previous: Option<(Hash, &str)>,
+    ) -> Option<usize> {
+        self.postings_len = 0;
+        self.refs_len = 0;
+        let mut c = ExactCursor { text, at: 0 };
         c.literal(b"{\"seq\":")?;
         let seq_start = c.at;
-        let seq = c.integer().filter(|&seq| seq <= SEQ_MAX)?;
-        let mut text = ViewText {
-            seq: c.text.get(seq_start..c.at)?,
-            postings: [("", ""); POSTINGS_MAX],
-            refs: "",
-            prev_hash: "",
-        };
+        self.seq = c.integer().filter(|&seq| seq <= SEQ_MAX)?;
+        self.text.seq = c.text.get(seq_start..c.at)?;
         c.literal(b",\"at\":")?;
-        let at = c.timestamp()?;
+        self.at = c.timestamp()?;
         c.literal(b",\"kind\":")?;
-        let kind = c.one_of(&[
+        self.kind = c.one_of(&[
             (b"\"issue\"", EntryKind::Issue),
             (b"\"charge\"", EntryKind::Charge),
             (b"\"refund\"", EntryKind::Refund),
@@ -561,8 +596,6 @@ impl<'a> EntryView<'a> {
             (b"\"payout\"", EntryKind::Payout),
         ])?;
         c.literal(b",\"postings\":[")?;
-        let mut postings = [NO_POSTING; POSTINGS_MAX];
-        let mut postings_len = 0;
         loop {
             c.literal(b"{\"account\":")?;
             let account_text = c.string()?;
@@ -573,62 +606,49 @@ impl<'a> EntryView<'a> {
             let amount_text = c.string()?;
             let amount = Fen::parse_amount(amount_text).ok()?;
             c.literal(b"}")?;
-            *text.postings.get_mut(postings_len)? = (account_text, amount_text);
-            postings[postings_len] = PostingView {
+            *self.text.postings.get_mut(self.postings_len)? = (account_text, amount_text);
+            self.postings[self.postings_len] = PostingView {
                 class,
                 year,
                 side,
                 amount,
             };
-            postings_len += 1;
+            self.postings_len += 1;
             if c.literal(b",").is_none() {
                 break;
             }
         }
         c.literal(b"],\"refs\":{")?;
         let refs_start = c.at - 1;
-        let mut refs = [("", ""); REFS_MAX];
-        let mut refs_len = 0;
         if c.literal(b"}").is_none() {
             loop {
                 let name = c.string()?;
                 // Strictly increasing names are a BTreeMap's own order, with no duplicate
                 // whose last-one-wins treatment would be serde's business.
-                if refs_len > 0 && name <= refs[refs_len - 1].0 {
+                if self.refs_len > 0 && name <= self.refs[self.refs_len - 1].0 {
                     return None;
                 }
                 c.literal(b":")?;
                 let value = c.string()?;
-                *refs.get_mut(refs_len)? = (name, value);
-                refs_len += 1;
+                *self.refs.get_mut(self.refs_len)? = (name, value);
+                self.refs_len += 1;
                 if c.literal(b",").is_none() {
                     break;
                 }
             }
             c.literal(b"}")?;
         }
-        text.refs = c.text.get(refs_start..c.at)?;
+        self.text.refs = c.text.get(refs_start..c.at)?;
         c.literal(b",\"prev_hash\":")?;
-        let (prev_hash, prev_hash_text) = c.hash()?;
-        text.prev_hash = prev_hash_text;
+        (self.prev_hash, self.text.prev_hash) =
+            match previous.and_then(|(hash, hash_text)| c.same_hash(&hash, hash_text)) {
+                Some(same) => same,
+                None => c.hash()?,
+            };
         c.literal(b",\"hash\":")?;
-        let (hash, _) = c.hash()?;
+        (self.hash, self.text.hash) = c.hash()?;
         c.literal(b"}")?;
-        if c.at != c.text.len() {
-            return None;
-        }
-        Some(EntryView {
-            seq,
-            at,
-            kind,
-            postings,
-            postings_len,
-            refs,
-            refs_len,
-            prev_hash,
-            hash,
-            text,
-        })
+        Some(c.at)
     }
 
     /// Each posting's account name as the line writes it: the name the account prints as,
@@ -637,6 +657,11 @@ impl<'a> EntryView<'a> {
         self.text.postings[..self.postings_len]
             .iter()
             .map(|(name, _)| *name)
+    }
+
+    /// The text the line writes its hash as (64 lowercase hex digits).
+    pub fn hash_text(&self) -> &'a str {
+        self.text.hash
     }
 
     pub fn postings(&self) -> &[PostingView] {
@@ -872,6 +897,18 @@ impl<'a> ExactCursor<'a> {
         let value = text.parse().ok()?;
         self.at += digits;
         Some(value)
+    }
+
+    /// `hash`, when the quoted text that comes next is exactly `hash_text` (the text that
+    /// `hash` below read it from), and that text.
+    fn same_hash(&mut self, hash: &Hash, hash_text: &str) -> Option<(Hash, &'a str)> {
+        let quoted = self.rest().get(..66)?;
+        if quoted[0] != b'"' || quoted[65] != b'"' || &quoted[1..65] != hash_text.as_bytes() {
+            return None;
+        }
+        let text = self.text.get(self.at + 1..self.at + 65)?;
+        self.at += 66;
+        Some((*hash, text))
     }
 
     /// A string of 64 lowercase hex digits, as `parse_hash` accepts, and its text; hex
