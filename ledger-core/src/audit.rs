@@ -866,6 +866,46 @@ mod tests {
         ));
     }
 
+    /// Every byte of the vectors' export, changed to one of a few bytes that matter to
+    /// JSON, to line ends and to UTF-8 (each of them near a line's end, in turn
+    /// elsewhere), is caught at the seq of the line that holds it (a line's newline
+    /// belongs to it). The one change that is not is whitespace for the file's last
+    /// newline: the lines are whole, and serde reads the last one as before.
+    #[test]
+    fn any_changed_byte_is_caught_at_its_line() {
+        const BYTES: [u8; 10] = [
+            0xff, 0x80, b'\n', b'\r', b' ', b'0', b'"', b'\\', b'x', b'}',
+        ];
+        let export = JOURNAL.as_bytes();
+        for at in 0..export.len() {
+            let line = export[..at].iter().filter(|&&b| b == b'\n').count() as u64;
+            let near_an_end =
+                export[at.saturating_sub(2)..(at + 3).min(export.len())].contains(&b'\n');
+            let bytes = if near_an_end {
+                &BYTES[..]
+            } else {
+                &BYTES[at % BYTES.len()..][..1]
+            };
+            for &byte in bytes {
+                if export[at] == byte {
+                    continue;
+                }
+                let mut changed = export.to_vec();
+                changed[at] = byte;
+                match verify_export(&changed[..], &vector_checkpoint(), &vector_key()) {
+                    Err(AuditError::Entry { seq, .. }) => {
+                        assert_eq!(seq, line, "byte {at} set to {byte:#04x}")
+                    }
+                    Ok(_) => assert!(
+                        at == export.len() - 1 && byte.is_ascii_whitespace(),
+                        "byte {at} set to {byte:#04x} passed"
+                    ),
+                    Err(other) => panic!("byte {at} set to {byte:#04x}: {other:?}"),
+                }
+            }
+        }
+    }
+
     /// A valid export of `count` entries (an issue to a new elder every tenth entry, charges
     /// against earlier elders otherwise), its checkpoint at `tree_size` and the public key.
     fn generated_export(count: u64, tree_size: u64) -> (Vec<Entry>, Checkpoint, [u8; 32]) {
