@@ -92,21 +92,46 @@ struct AccountState {
 /// Replays entries into credit-normal balances and checks the ledger's rules.
 #[derive(Debug, Default)]
 struct Replay {
-    /// By account name.
-    accounts: HashMap<Box<str>, AccountState>,
+    /// Each account's place in `accounts`, by name.
+    index: HashMap<Box<str>, usize>,
+    accounts: Vec<AccountState>,
     /// Closed years with the seq of their first forfeit.
     closed: BTreeMap<Year, u64>,
     by_kind: BTreeMap<&'static str, (u64, Fen)>,
 }
 
 impl Replay {
+    /// The places in `accounts` of a block's postings' accounts, in order, into `places`;
+    /// an account is entered when first seen. Done for the whole block before any of its
+    /// entries is replayed, so that the name lookups, which mostly miss the cache, overlap
+    /// instead of each waiting for the one before. (An account entered here for an entry
+    /// after a bad one is never reported: verification stops at the bad one.)
+    fn enter(&mut self, postings: &[CheckedPosting], names: &str, places: &mut Vec<usize>) {
+        places.clear();
+        places.extend(postings.iter().map(|p| {
+            let name = &names[p.name.clone()];
+            match self.index.get(name) {
+                Some(&place) => place,
+                None => {
+                    self.accounts.push(AccountState {
+                        elder_year: p.year.filter(|_| p.is_elder),
+                        ..AccountState::default()
+                    });
+                    self.index.insert(name.into(), self.accounts.len() - 1);
+                    self.accounts.len() - 1
+                }
+            }
+        }));
+    }
+
     /// Replays one entry whose posting rules already hold; `names` holds the accounts'
-    /// names that `postings` point into.
+    /// names that `postings` point into, and `places` their places (`enter`).
     fn apply(
         &mut self,
         seq: u64,
         kind: EntryKind,
         postings: &[CheckedPosting],
+        places: &[usize],
         names: &str,
     ) -> Result<(), String> {
         let name = |p: &CheckedPosting| &names[p.name.clone()];
@@ -118,14 +143,8 @@ impl Replay {
             }
         }
         let mut moved = Fen::ZERO;
-        for p in postings {
-            let account = match self.accounts.get_mut(name(p)) {
-                Some(account) => account,
-                None => self.accounts.entry(name(p).into()).or_insert(AccountState {
-                    elder_year: p.year.filter(|_| p.is_elder),
-                    ..AccountState::default()
-                }),
-            };
+        for (p, &place) in postings.iter().zip(places) {
+            let account = &mut self.accounts[place];
             if p.is_elder {
                 if account.forfeited {
                     return Err(format!("{} moves after its forfeit", name(p)));
@@ -156,11 +175,8 @@ impl Replay {
             }
         }
         if kind == EntryKind::Forfeit {
-            for p in postings.iter().filter(|p| p.is_elder) {
-                let account = self
-                    .accounts
-                    .get_mut(name(p))
-                    .expect("every posting's account was entered above");
+            for (p, &place) in postings.iter().zip(places).filter(|(p, _)| p.is_elder) {
+                let account = &mut self.accounts[place];
                 if account.balance != 0 {
                     return Err(format!("forfeit leaves {} non-zero", name(p)));
                 }
@@ -175,7 +191,8 @@ impl Replay {
 
     /// After the last entry: every elder account of a closed year is zero.
     fn finish(&self) -> Result<(), AuditError> {
-        for (name, account) in &self.accounts {
+        for (name, &place) in &self.index {
+            let account = &self.accounts[place];
             let Some(year) = account.elder_year else {
                 continue;
             };
@@ -554,6 +571,8 @@ struct Verifier {
     replay: Replay,
     /// For an export: the seq the first blank line stood before.
     blank_seen_at: Option<u64>,
+    /// A block's accounts' places in the replay, kept to be filled again.
+    places: Vec<usize>,
 }
 
 impl Verifier {
@@ -566,6 +585,7 @@ impl Verifier {
             merkle: MerkleFrontier::new(),
             replay: Replay::default(),
             blank_seen_at: None,
+            places: Vec::new(),
         }
     }
 
@@ -662,6 +682,9 @@ impl Verifier {
     }
 
     fn check_block(&mut self, block: &CheckedBlock) -> Result<(), AuditError> {
+        let mut places = std::mem::take(&mut self.places);
+        self.replay
+            .enter(&block.postings, &block.names, &mut places);
         for line in &block.lines {
             let seq = self.next_seq;
             let entry = match (line, self.blank_seen_at) {
@@ -683,13 +706,20 @@ impl Verifier {
                 }
                 (Line::Entry(entry), None) => entry,
             };
-            self.check_entry(entry, block)
+            self.check_entry(entry, block, &places)
                 .map_err(|reason| AuditError::Entry { seq, reason })?;
         }
+        self.places = places;
         Ok(())
     }
 
-    fn check_entry(&mut self, entry: &Checked, block: &CheckedBlock) -> Result<(), String> {
+    /// `places` are the places of the block's postings' accounts (`Replay::enter`).
+    fn check_entry(
+        &mut self,
+        entry: &Checked,
+        block: &CheckedBlock,
+        places: &[usize],
+    ) -> Result<(), String> {
         if entry.seq != self.next_seq {
             return Err(format!("out of order: line says seq {}", entry.seq));
         }
@@ -700,7 +730,8 @@ impl Verifier {
         self.replay.apply(
             entry.seq,
             entry.kind,
-            &block.postings[postings],
+            &block.postings[postings.clone()],
+            &places[postings],
             &block.names,
         )?;
         if self.next_seq < self.head_size {
