@@ -15,7 +15,9 @@
 use crate::account::AccountClass;
 use crate::checkpoint::{verify_checkpoint, Checkpoint};
 use crate::fiscal::Year;
-use crate::journal::{Entry, EntryKind, EntryView, Posting, PostingView, Side, ZERO_HASH};
+use crate::journal::{
+    Entry, EntryKind, EntryView, HashText, Posting, PostingView, Side, ZERO_HASH,
+};
 use crate::merkle::{Hash, MerkleFrontier};
 use crate::money::Fen;
 use std::collections::{BTreeMap, HashMap};
@@ -189,31 +191,39 @@ impl Replay {
         Ok(())
     }
 
-    /// After the last entry: every elder account of a closed year is zero.
+    /// After the last entry: every elder account of a closed year is zero. Of several that
+    /// are not, the one named is of the year closed first, and of that year the account
+    /// seen first, whatever the map's order.
     fn finish(&self) -> Result<(), AuditError> {
+        // (closing seq, place, name, year) of the one to name.
+        let mut first: Option<(u64, usize, &str, Year)> = None;
         for (name, &place) in &self.index {
             let account = &self.accounts[place];
             let Some(year) = account.elder_year else {
                 continue;
             };
-            if let Some(seq) = self.closed.get(&year) {
-                if account.balance != 0 {
-                    return Err(AuditError::Entry {
-                        seq: *seq,
-                        reason: format!(
-                            "year {year} closed here but {name} still holds {}",
-                            Fen::from_fen(account.balance)
-                        ),
-                    });
+            if let Some(&seq) = self.closed.get(&year) {
+                if account.balance != 0 && first.is_none_or(|(s, p, ..)| (seq, place) < (s, p)) {
+                    first = Some((seq, place, name, year));
                 }
             }
         }
-        Ok(())
+        match first {
+            None => Ok(()),
+            Some((seq, place, name, year)) => Err(AuditError::Entry {
+                seq,
+                reason: format!(
+                    "year {year} closed here but {name} still holds {}",
+                    Fen::from_fen(self.accounts[place].balance)
+                ),
+            }),
+        }
     }
 }
 
 /// One posting after the parallel stage: its account as a range of the block's `names`,
 /// and what the replay needs to know of the account.
+#[derive(Debug, PartialEq)]
 struct CheckedPosting {
     name: Range<usize>,
     is_elder: bool,
@@ -224,6 +234,7 @@ struct CheckedPosting {
 
 /// One entry after the checks that need no other entry: parsed, its own hash recomputed,
 /// its Merkle leaf hashed, its posting rules checked.
+#[derive(Debug, PartialEq)]
 struct Checked {
     seq: u64,
     kind: EntryKind,
@@ -236,6 +247,7 @@ struct Checked {
 }
 
 /// One line of input after the parallel stage.
+#[derive(Debug, PartialEq)]
 enum Line {
     /// An empty line of an export (allowed only at the end).
     Blank,
@@ -334,7 +346,7 @@ impl CheckedBlock {
     fn push_text(&mut self, text: &str, scratch: &mut Vec<u8>) {
         let mut rest = text;
         let mut view = EntryView::empty();
-        let mut previous: Option<(Hash, &str)> = None;
+        let mut previous: Option<HashText> = None;
         loop {
             // What follows an entry read in place: `Some(rest)` after its newline, `None`
             // at the end; anything else makes its line one for `push_first_line`.
@@ -351,7 +363,7 @@ impl CheckedBlock {
             match next {
                 Some(next) => {
                     self.push_view(&view, scratch);
-                    previous = Some((view.hash, view.hash_text()));
+                    previous = Some(view.hash_text());
                     match next {
                         Some(next) => rest = next,
                         None => return,
@@ -674,10 +686,14 @@ impl Verifier {
             };
             self.check_block(&block)?;
             checked += 1;
-            spent.push(std::mem::take(&mut block.spent));
-            // The workers hold the other end until the scope ends, so this cannot fail
-            // while they run; a block sent back after that is simply dropped.
-            let _ = channels.spares.send(block);
+            // A store's blocks have no buffer to give back.
+            if block.spent.capacity() > 0 {
+                spent.push(std::mem::take(&mut block.spent));
+            }
+            channels
+                .spares
+                .send(block)
+                .expect("the scope keeps a receiver of spares while this loop runs");
         }
     }
 
@@ -1171,6 +1187,123 @@ mod tests {
         );
     }
 
+    /// Two years closed, each leaving two elder accounts non-zero: the one named is of
+    /// the year closed first and, of that year, the account seen first, on every run
+    /// (each run's account map has its own random order).
+    #[test]
+    fn of_several_accounts_left_after_a_close_the_first_is_named() {
+        let account = |id: &str, year: &str| AccountId::elder(id, year.parse().unwrap()).unwrap();
+        let issue = |id: &str, year: &str, fen| {
+            let funding = AccountId::funding("130102", year.parse().unwrap()).unwrap();
+            (
+                EntryKind::Issue,
+                vec![
+                    Posting::debit(funding, Fen::from_fen(fen)),
+                    Posting::credit(account(id, year), Fen::from_fen(fen)),
+                ],
+            )
+        };
+        let forfeit_of = |id: &str, year: &str, fen| {
+            let forfeit = AccountId::forfeit("130102", year.parse().unwrap()).unwrap();
+            (
+                EntryKind::Forfeit,
+                vec![
+                    Posting::debit(account(id, year), Fen::from_fen(fen)),
+                    Posting::credit(forfeit, Fen::from_fen(fen)),
+                ],
+            )
+        };
+        let (export, checkpoint, key) = chained(vec![
+            issue("E1", "2025", 500),
+            issue("E2", "2025", 300),
+            issue("E3", "2026", 500),
+            issue("E4", "2026", 200),
+            issue("E5", "2026", 100),
+            issue("E6", "2025", 400),
+            forfeit_of("E3", "2026", 500),
+            forfeit_of("E1", "2025", 500),
+        ]);
+        for _ in 0..20 {
+            match verify_export(&export[..], &checkpoint, &key) {
+                Err(AuditError::Entry { seq, reason }) => assert_eq!(
+                    (seq, reason.as_str()),
+                    (
+                        6,
+                        "year 2026 closed here but elder:E4:2026 still holds 2.00"
+                    )
+                ),
+                other => panic!("{other:?}"),
+            }
+        }
+    }
+
+    /// A chain broken where each entry's own hash is right: the entry whose `prev_hash`
+    /// is not its predecessor's hash is named, whether that predecessor was read in place
+    /// (its hash text at hand) or through serde (written with a space).
+    #[test]
+    fn a_broken_chain_is_named_at_the_entry_that_breaks_it() {
+        let (entries, checkpoint, key) = generated_export(MANY, MANY);
+        for (bad, wrong_prev) in [
+            (1_000, entries[998].hash),
+            (2_501, ZERO_HASH),
+            (3_000, {
+                let mut off = entries[2_999].hash;
+                off[31] ^= 1;
+                off
+            }),
+        ] {
+            let at = usize::try_from(bad).unwrap();
+            for predecessor_by_serde in [false, true] {
+                let mut lines = lines_of(&entries);
+                let mut resealed = entries[at].clone();
+                resealed.prev_hash = wrong_prev;
+                resealed.hash = resealed.compute_hash();
+                lines[at] = resealed.to_line();
+                if predecessor_by_serde {
+                    lines[at - 1] = String::from_utf8(lines[at - 1].clone())
+                        .unwrap()
+                        .replacen(",\"hash\":", ", \"hash\":", 1)
+                        .into_bytes();
+                }
+                match verify_export(&joined(&lines)[..], &checkpoint, &key) {
+                    Err(AuditError::Entry { seq, reason }) => {
+                        assert_eq!(seq, bad, "{reason}");
+                        assert!(reason.contains("prev_hash does not match"), "{reason}");
+                    }
+                    other => panic!("seq {bad}: {other:?}"),
+                }
+            }
+        }
+    }
+
+    /// An export read a few bytes at a time, in irregular pieces, verifies: lines cut
+    /// between reads carry over into buffers that go round again.
+    #[test]
+    fn an_export_read_in_irregular_pieces_verifies() {
+        struct Pieces<'a> {
+            rest: &'a [u8],
+            next: usize,
+        }
+        impl Read for Pieces<'_> {
+            fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+                // 1 to 4,001 bytes, in an order with no period near a line's length.
+                self.next = (self.next * 7_919 + 13) % 4_001;
+                let n = (self.next + 1).min(buf.len()).min(self.rest.len());
+                buf[..n].copy_from_slice(&self.rest[..n]);
+                self.rest = &self.rest[n..];
+                Ok(n)
+            }
+        }
+        let (entries, checkpoint, key) = generated_export(MANY, MANY);
+        let export = joined(&lines_of(&entries));
+        let reader = Pieces {
+            rest: &export,
+            next: 0,
+        };
+        let summary = verify_export(reader, &checkpoint, &key).unwrap();
+        assert_eq!(summary.entries, MANY);
+    }
+
     #[test]
     fn a_read_error_is_an_input_error() {
         struct Failing<'a>(&'a [u8]);
@@ -1192,6 +1325,50 @@ mod tests {
             matches!(result, Err(AuditError::Input(ref e)) if e.contains("disk on fire")),
             "{result:?}"
         );
+    }
+
+    proptest::proptest! {
+        /// A block read in place (`push_text`) gives what reading it line by line
+        /// (`push_lines`, the way before) gives: exact lines, lines only serde reads, CR
+        /// LF, blank lines and bytes put in or taken out anywhere.
+        #[test]
+        fn a_block_read_in_place_reads_as_line_by_line(
+            edits in proptest::collection::vec((0..8u8, proptest::prelude::any::<proptest::sample::Index>(), 0..6usize), 1..24),
+            final_newline in proptest::prelude::any::<bool>(),
+        ) {
+            const BYTES: [u8; 6] = [b'\n', b'\r', b' ', b'"', b'}', b'x'];
+            let (entries, _, _) = generated_export(24, 24);
+            let mut lines = lines_of(&entries);
+            for (edit, place, byte) in edits {
+                let line = place.index(lines.len());
+                let text = &mut lines[line];
+                let at = place.index(text.len() + 1);
+                match edit {
+                    0 => text.insert(at, BYTES[byte]),
+                    1 if at < text.len() => { text.remove(at); }
+                    2 => text.push(b'\r'),
+                    3 => lines.insert(line, Vec::new()),
+                    // Read only through serde: a space after the first comma.
+                    4 => if let Some(comma) = text.iter().position(|&b| b == b',') {
+                        text.insert(comma + 1, b' ');
+                    },
+                    _ => {}
+                }
+            }
+            let mut bytes = joined(&lines);
+            if !final_newline {
+                bytes.pop();
+            }
+            let body = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+            let text = std::str::from_utf8(body).unwrap();
+            let (mut in_place, mut by_lines) =
+                (CheckedBlock::reuse(None, 24), CheckedBlock::reuse(None, 24));
+            in_place.push_text(text, &mut Vec::new());
+            by_lines.push_lines(body, &mut Vec::new());
+            proptest::prop_assert_eq!(&in_place.lines, &by_lines.lines);
+            proptest::prop_assert_eq!(&in_place.postings, &by_lines.postings);
+            proptest::prop_assert_eq!(&in_place.names, &by_lines.names);
+        }
     }
 
     #[test]

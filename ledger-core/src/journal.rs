@@ -527,7 +527,22 @@ struct ViewText<'a> {
     /// The refs object, braces included.
     refs: &'a str,
     prev_hash: &'a str,
-    hash: &'a str,
+    hash: HashText<'a>,
+}
+
+/// Hex digits in a JSON string, quotes included: 64 digits.
+const HASH_QUOTED_LEN: usize = 2 + 2 * std::mem::size_of::<Hash>();
+/// The journal's own form of a time, `YYYY-MM-DDTHH:MM:SSZ`, and quoted.
+const TIMESTAMP_LEN: usize = 20;
+const TIMESTAMP_QUOTED_LEN: usize = TIMESTAMP_LEN + 2;
+
+/// A hash as a line writes it: its bytes and the hex digits they were read from. Only
+/// `ExactCursor::hash` makes one, so the two always agree (a next line's `prev_hash` written
+/// the same is the same hash without decoding it again).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub(crate) struct HashText<'a> {
+    hash: Hash,
+    text: &'a str,
 }
 
 impl<'a> EntryView<'a> {
@@ -544,7 +559,7 @@ impl<'a> EntryView<'a> {
     }
 
     /// A view of no entry, to parse into (`parse_exact_into`).
-    pub fn empty() -> EntryView<'a> {
+    pub(crate) fn empty() -> EntryView<'a> {
         EntryView {
             seq: 0,
             at: "",
@@ -560,7 +575,7 @@ impl<'a> EntryView<'a> {
                 postings: [("", ""); POSTINGS_MAX],
                 refs: "",
                 prev_hash: "",
-                hash: "",
+                hash: HashText::default(),
             },
         }
     }
@@ -569,13 +584,13 @@ impl<'a> EntryView<'a> {
     /// scan for its end), into `self`: how many bytes of `text` it takes. Its line is those
     /// bytes when a newline or the end of `text` follows them. On `None` the view holds
     /// nothing to use. Parsing in place spares a copy of the view (about a kilobyte) per
-    /// line. `previous` is the hash of the entry before it and that hash's text
+    /// line. `previous` is the hash of the entry before it as its line wrote it
     /// (`hash_text`), when known; a `prev_hash` written as that text is taken without
     /// decoding it again.
-    pub fn parse_exact_into(
+    pub(crate) fn parse_exact_into(
         &mut self,
         text: &'a str,
-        previous: Option<(Hash, &str)>,
+        previous: Option<HashText<'_>>,
     ) -> Option<usize> {
         self.postings_len = 0;
         self.refs_len = 0;
@@ -640,13 +655,14 @@ impl<'a> EntryView<'a> {
         }
         self.text.refs = c.text.get(refs_start..c.at)?;
         c.literal(b",\"prev_hash\":")?;
-        (self.prev_hash, self.text.prev_hash) =
-            match previous.and_then(|(hash, hash_text)| c.same_hash(&hash, hash_text)) {
-                Some(same) => same,
-                None => c.hash()?,
-            };
+        let prev_hash = match previous.and_then(|previous| c.same_hash(previous)) {
+            Some(same) => same,
+            None => c.hash()?,
+        };
+        (self.prev_hash, self.text.prev_hash) = (prev_hash.hash, prev_hash.text);
         c.literal(b",\"hash\":")?;
-        (self.hash, self.text.hash) = c.hash()?;
+        self.text.hash = c.hash()?;
+        self.hash = self.text.hash.hash;
         c.literal(b"}")?;
         Some(c.at)
     }
@@ -659,8 +675,8 @@ impl<'a> EntryView<'a> {
             .map(|(name, _)| *name)
     }
 
-    /// The text the line writes its hash as (64 lowercase hex digits).
-    pub fn hash_text(&self) -> &'a str {
+    /// The line's hash as it wrote it, for the next line's `parse_exact_into`.
+    pub(crate) fn hash_text(&self) -> HashText<'a> {
         self.text.hash
     }
 
@@ -870,11 +886,12 @@ impl<'a> ExactCursor<'a> {
     /// digits and separators need no escape); else any JSON string `is_timestamp` takes.
     fn timestamp(&mut self) -> Option<&'a str> {
         let rest = self.rest();
-        if let Some(b'"') = rest.get(21) {
+        if let Some(b'"') = rest.get(TIMESTAMP_QUOTED_LEN - 1) {
             if rest[0] == b'"' {
-                if let Some(valid) = crate::fiscal::journal_form_is_valid(&rest[1..21]) {
-                    let at = self.text.get(self.at + 1..self.at + 21)?;
-                    self.at += 22;
+                let digits = &rest[1..TIMESTAMP_QUOTED_LEN - 1];
+                if let Some(valid) = crate::fiscal::journal_form_is_valid(digits) {
+                    let at = self.text.get(self.at + 1..self.at + 1 + TIMESTAMP_LEN)?;
+                    self.at += TIMESTAMP_QUOTED_LEN;
                     return valid.then_some(at);
                 }
             }
@@ -899,29 +916,38 @@ impl<'a> ExactCursor<'a> {
         Some(value)
     }
 
-    /// `hash`, when the quoted text that comes next is exactly `hash_text` (the text that
-    /// `hash` below read it from), and that text.
-    fn same_hash(&mut self, hash: &Hash, hash_text: &str) -> Option<(Hash, &'a str)> {
-        let quoted = self.rest().get(..66)?;
-        if quoted[0] != b'"' || quoted[65] != b'"' || &quoted[1..65] != hash_text.as_bytes() {
+    /// `previous`, when the quoted text that comes next is exactly its text, read here.
+    fn same_hash(&mut self, previous: HashText<'_>) -> Option<HashText<'a>> {
+        let quoted = self.rest().get(..HASH_QUOTED_LEN)?;
+        let digits = &quoted[1..HASH_QUOTED_LEN - 1];
+        if quoted[0] != b'"'
+            || quoted[HASH_QUOTED_LEN - 1] != b'"'
+            || digits != previous.text.as_bytes()
+        {
             return None;
         }
-        let text = self.text.get(self.at + 1..self.at + 65)?;
-        self.at += 66;
-        Some((*hash, text))
+        let text = self.text.get(self.at + 1..self.at + HASH_QUOTED_LEN - 1)?;
+        self.at += HASH_QUOTED_LEN;
+        Some(HashText {
+            hash: previous.hash,
+            text,
+        })
     }
 
     /// A string of 64 lowercase hex digits, as `parse_hash` accepts, and its text; hex
     /// digits need no escape, so the closing quote must follow them.
-    fn hash(&mut self) -> Option<(Hash, &'a str)> {
-        let quoted: &[u8; 66] = self.rest().get(..66)?.try_into().ok()?;
-        if quoted[0] != b'"' || quoted[65] != b'"' {
+    fn hash(&mut self) -> Option<HashText<'a>> {
+        let quoted: &[u8; HASH_QUOTED_LEN] = self.rest().get(..HASH_QUOTED_LEN)?.try_into().ok()?;
+        if quoted[0] != b'"' || quoted[HASH_QUOTED_LEN - 1] != b'"' {
             return None;
         }
-        let out = hex_hash(quoted[1..65].try_into().expect("64 of 66 bytes"))?;
-        let text = self.text.get(self.at + 1..self.at + 65)?;
-        self.at += 66;
-        Some((out, text))
+        let digits = quoted[1..HASH_QUOTED_LEN - 1]
+            .try_into()
+            .expect("the digits between the quotes");
+        let hash = hex_hash(digits)?;
+        let text = self.text.get(self.at + 1..self.at + HASH_QUOTED_LEN - 1)?;
+        self.at += HASH_QUOTED_LEN;
+        Some(HashText { hash, text })
     }
 }
 
