@@ -50,7 +50,7 @@ const NODE_INPUT_BYTES: usize = 65;
 /// finalised per call: a node hash took 190 ns through `ring::digest::Context` and 120 ns
 /// this way (SHA-NI on this machine's EPYC, 2026-12-04), and the verifier hashes one leaf
 /// and about one node per entry.
-fn sha256_of_padded(message: &[u8]) -> Hash {
+pub(crate) fn sha256_of_padded(message: &[u8]) -> Hash {
     debug_assert!(message.len() % 64 == 0, "a padded message is whole blocks");
     let mut state = SHA256_INITIAL_STATE;
     for block in message.chunks_exact(64) {
@@ -71,9 +71,29 @@ fn sha256_of_padded(message: &[u8]) -> Hash {
 /// the last eight bytes.
 fn pad(message: &mut [u8], length: usize) {
     message[length] = 0x80;
-    let bits = u64::try_from(length * 8).expect("a leaf's or a node's length fits in u64");
+    let bits = u64::try_from(length * 8).expect("a one- or two-block message's length fits in u64");
     let end = message.len();
     message[end - 8..].copy_from_slice(&bits.to_be_bytes());
+}
+
+/// The longest message that fits one block with its padding (the byte 0x80 and the
+/// 8-byte length).
+const ONE_BLOCK_MESSAGE_MAX: usize = 64 - 1 - 8;
+
+/// `parts` one after another in one padded block, if they fit, for `sha256_of_padded`.
+pub(crate) fn one_block(parts: &[&[u8]]) -> Option<[u8; 64]> {
+    let length: usize = parts.iter().map(|part| part.len()).sum();
+    if length > ONE_BLOCK_MESSAGE_MAX {
+        return None;
+    }
+    let mut message = [0u8; 64];
+    let mut at = 0;
+    for part in parts {
+        message[at..at + part.len()].copy_from_slice(part);
+        at += part.len();
+    }
+    pad(&mut message, length);
+    Some(message)
 }
 
 /// The hash of the leaf for one entry: SHA-256(0x00 ‖ entry hash), one block.
