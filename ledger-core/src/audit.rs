@@ -999,7 +999,8 @@ mod tests {
         let head = entries
             .get(usize::try_from(tree_size).unwrap().wrapping_sub(1))
             .map_or(ZERO_HASH, |e| e.hash);
-        let root = tree.root_at(tree_size).unwrap();
+        let hashes: Vec<Hash> = entries.iter().map(|e| e.hash).collect();
+        let root = tree.root_at(tree_size, &hashes).unwrap();
         let checkpoint = key.sign_checkpoint(tree_size, &root, &head, "2026-02-01T00:00:00Z");
         (entries, checkpoint, key.public_key_bytes())
     }

@@ -19,7 +19,7 @@ use crate::command::{CommandError, Outcome, Request};
 use crate::engine::{Delta, HoldRecord, IdempotencyRecord, Lookup, OpenBatch, State, Tx};
 use crate::fiscal::{format_timestamp, Year};
 use crate::journal::{Entry, JournalError};
-use crate::merkle::{Hash, MerkleError};
+use crate::merkle::{EntryHashes, Hash, MerkleError};
 use crate::storage::{StorageError, Store, WriteSet};
 use chrono::{DateTime, Utc};
 use crossbeam_channel::{Receiver, RecvTimeoutError, Sender};
@@ -178,6 +178,36 @@ pub struct Ledger {
 }
 
 struct StoreLookup<'a>(&'a Store);
+
+/// The journal's entry hashes, read back for the Merkle tree's proofs.
+struct JournalHashes<'a>(&'a Store);
+
+impl EntryHashes for JournalHashes<'_> {
+    fn entry_hashes(&self, start: u64, count: usize) -> Result<Vec<Hash>, String> {
+        let hashes: Vec<Hash> = self
+            .0
+            .entries_from(start)
+            .take(count)
+            .map(|item| {
+                let (seq, line) = item.map_err(|e| e.to_string())?;
+                match crate::journal::EntryView::parse_exact(&line) {
+                    Some(view) => Ok(view.hash),
+                    None => Entry::parse_line(&line)
+                        .map(|entry| entry.hash)
+                        .map_err(|e| format!("seq {seq}: {e}")),
+                }
+            })
+            .collect::<Result<_, String>>()?;
+        if hashes.len() == count {
+            Ok(hashes)
+        } else {
+            Err(format!(
+                "{} of {count} entries from seq {start} are stored",
+                hashes.len()
+            ))
+        }
+    }
+}
 
 fn storage_error(e: impl std::fmt::Display) -> CommandError {
     CommandError::Storage(e.to_string())
@@ -429,20 +459,25 @@ impl Ledger {
         }
     }
 
+    /// The tree keeps no leaf below its last block (`merkle`), so a proof reads up to two
+    /// blocks of entry hashes back from the journal, under the state's read lock.
     pub fn inclusion_proof(&self, seq: u64, tree_size: u64) -> Result<Vec<Hash>, MerkleError> {
+        let journal = JournalHashes(&self.shared.store);
         read_state(&self.shared)
             .merkle()
-            .inclusion_proof(seq, tree_size)
+            .inclusion_proof(seq, tree_size, &journal)
     }
 
     pub fn consistency_proof(&self, from: u64, to: u64) -> Result<Vec<Hash>, MerkleError> {
+        let journal = JournalHashes(&self.shared.store);
         read_state(&self.shared)
             .merkle()
-            .consistency_proof(from, to)
+            .consistency_proof(from, to, &journal)
     }
 
     pub fn root_at(&self, size: u64) -> Result<Hash, MerkleError> {
-        read_state(&self.shared).merkle().root_at(size)
+        let journal = JournalHashes(&self.shared.store);
+        read_state(&self.shared).merkle().root_at(size, &journal)
     }
 
     /// A record of the caller's own. May include a batch whose fsync is still under way.

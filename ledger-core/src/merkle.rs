@@ -5,7 +5,8 @@
 //! SHA-256(0x00 ‖ entry hash) and an interior node's SHA-256(0x01 ‖ left ‖ right), as
 //! API.md "Audit" fixes. The tree of `n` leaves splits at `k`, the largest power of two
 //! below `n`, so every left subtree is perfect. [`MerkleTree`] keeps the root of every
-//! perfect subtree, which makes any historical root a fold of at most log₂ n stored hashes.
+//! perfect subtree of 64 leaves and up, which makes any historical root a fold of at most
+//! log₂ n stored hashes and the hashes of one block of 64, read back from the journal.
 
 use sha2::digest::generic_array::GenericArray;
 use sha2::{Digest, Sha256};
@@ -26,6 +27,9 @@ pub enum MerkleError {
     EmptyOldTree,
     #[error("old tree size {from} exceeds new tree size {to}")]
     OldTreeLarger { from: u64, to: u64 },
+    /// The journal could not give back the entry hashes of a block from `start`.
+    #[error("entry hashes from seq {start} cannot be read back: {reason}")]
+    EntriesUnreadable { start: u64, reason: String },
 }
 
 /// SHA-256's initial state (FIPS 180-4 §5.3.3).
@@ -139,12 +143,48 @@ fn split_point(size: usize) -> usize {
     1 << (usize::BITS - 1 - (size - 1).leading_zeros())
 }
 
+/// Leaves per block: the perfect subtrees of this many leaves (height `BLOCK_HEIGHT`) and
+/// above are kept; those below it are hashed again from the journal's entry hashes when a
+/// proof or an old root needs them, except in the last, unfinished block. Memory is ~1 byte
+/// per entry instead of 64; a proof reads back at most two blocks (64 entry hashes each).
+const BLOCK_HEIGHT: u32 = 6;
+const BLOCK_LEAVES: usize = 1 << BLOCK_HEIGHT;
+
+/// Where a tree reads back the entry hashes of leaves it no longer keeps: the journal.
+pub trait EntryHashes {
+    /// The entry hashes of seqs `start..start + count`, in order.
+    fn entry_hashes(&self, start: u64, count: usize) -> Result<Vec<Hash>, String>;
+}
+
+/// The entry hashes themselves, from seq 0 (for a tree of a journal held in memory).
+impl EntryHashes for Vec<Hash> {
+    fn entry_hashes(&self, start: u64, count: usize) -> Result<Vec<Hash>, String> {
+        usize::try_from(start)
+            .ok()
+            .and_then(|start| self.get(start..start.checked_add(count)?))
+            .map(<[Hash]>::to_vec)
+            .ok_or_else(|| format!("no entries {start}..+{count}"))
+    }
+}
+
+/// For the questions a tree answers from what it keeps.
+struct NothingToReadBack;
+
+impl EntryHashes for NothingToReadBack {
+    fn entry_hashes(&self, start: u64, _: usize) -> Result<Vec<Hash>, String> {
+        Err(format!("nothing is read back here (seq {start})"))
+    }
+}
+
 /// An append-only Merkle tree that answers for every size it has had.
 #[derive(Debug, Clone, Default)]
 pub struct MerkleTree {
-    /// `levels[h][i]` is the root of the perfect subtree over leaves `[i·2^h, (i+1)·2^h)`;
-    /// level 0 holds the leaf hashes. Only complete subtrees are stored.
-    levels: Vec<Vec<Hash>>,
+    /// `upper[h][i]` is the root of the perfect subtree of height `BLOCK_HEIGHT + h` over
+    /// leaves `[i·2^(BLOCK_HEIGHT+h), (i+1)·2^(BLOCK_HEIGHT+h))`. Only complete subtrees.
+    upper: Vec<Vec<Hash>>,
+    /// The leaf hashes of the last block, while it has fewer than `BLOCK_LEAVES`.
+    tail: Vec<Hash>,
+    len: usize,
 }
 
 impl MerkleTree {
@@ -152,15 +192,21 @@ impl MerkleTree {
         MerkleTree::default()
     }
 
-    /// Appends one entry hash. Amortised O(1): a push completes one perfect subtree per
-    /// trailing one bit of the old size.
+    /// Appends one entry hash. Amortised O(1): a finished block's root is hashed from its
+    /// leaves, then completes one perfect subtree per trailing one bit of the blocks' count.
     pub fn push(&mut self, entry_hash: Hash) {
-        let mut node = leaf_hash(&entry_hash);
+        self.tail.push(leaf_hash(&entry_hash));
+        self.len += 1;
+        if self.tail.len() < BLOCK_LEAVES {
+            return;
+        }
+        let mut node = root_of_leaves(&self.tail);
+        self.tail.clear();
         for height in 0.. {
-            if self.levels.len() == height {
-                self.levels.push(Vec::new());
+            if self.upper.len() == height {
+                self.upper.push(Vec::new());
             }
-            let level = &mut self.levels[height];
+            let level = &mut self.upper[height];
             level.push(node);
             if level.len() % 2 == 1 {
                 break;
@@ -172,39 +218,52 @@ impl MerkleTree {
 
     /// Number of leaves.
     pub fn len(&self) -> u64 {
-        u64::try_from(self.leaf_count()).expect("a usize fits in u64 on every target Rust supports")
+        u64::try_from(self.len).expect("a usize fits in u64 on every target Rust supports")
     }
 
     pub fn is_empty(&self) -> bool {
-        self.leaf_count() == 0
+        self.len == 0
     }
 
-    /// Root of the whole tree.
+    /// Root of the whole tree, from what the tree keeps (no entry is read back).
     pub fn root(&self) -> Hash {
-        self.root_of_prefix(self.leaf_count())
+        Query::new(self, &NothingToReadBack)
+            .root_of_prefix(self.len)
+            .expect("the last block's leaves are kept, so the root reads nothing back")
     }
 
     /// Root of the tree as it was when it held `size` leaves.
-    pub fn root_at(&self, size: u64) -> Result<Hash, MerkleError> {
-        Ok(self.root_of_prefix(self.checked_size(size)?))
+    pub fn root_at(&self, size: u64, entries: &dyn EntryHashes) -> Result<Hash, MerkleError> {
+        let size = self.checked_size(size)?;
+        Query::new(self, entries).root_of_prefix(size)
     }
 
     /// RFC 9162 §2.1.3.1 audit path of leaf `index` in the tree of `size` leaves, leaf end
     /// first. O(log² n).
-    pub fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, MerkleError> {
+    pub fn inclusion_proof(
+        &self,
+        index: u64,
+        size: u64,
+        entries: &dyn EntryHashes,
+    ) -> Result<Vec<Hash>, MerkleError> {
         let size_leaves = self.checked_size(size)?;
         let index = usize::try_from(index)
             .ok()
             .filter(|&index| index < size_leaves)
             .ok_or(MerkleError::LeafIndexOutOfRange { index, size })?;
         let mut path = Vec::new();
-        self.push_inclusion_path(index, 0, size_leaves, &mut path);
+        Query::new(self, entries).push_inclusion_path(index, 0, size_leaves, &mut path)?;
         Ok(path)
     }
 
     /// RFC 9162 §2.1.4.1 consistency proof from the tree of `from` leaves to that of `to`.
     /// Equal sizes give the empty proof. O(log² n).
-    pub fn consistency_proof(&self, from: u64, to: u64) -> Result<Vec<Hash>, MerkleError> {
+    pub fn consistency_proof(
+        &self,
+        from: u64,
+        to: u64,
+        entries: &dyn EntryHashes,
+    ) -> Result<Vec<Hash>, MerkleError> {
         let to_leaves = self.checked_size(to)?;
         if from == 0 {
             return Err(MerkleError::EmptyOldTree);
@@ -214,87 +273,152 @@ impl MerkleTree {
             .filter(|&from| from <= to_leaves)
             .ok_or(MerkleError::OldTreeLarger { from, to })?;
         let mut path = Vec::new();
-        self.push_subproof(from_leaves, 0, to_leaves, true, &mut path);
+        Query::new(self, entries).push_subproof(from_leaves, 0, to_leaves, true, &mut path)?;
         Ok(path)
-    }
-
-    fn leaf_count(&self) -> usize {
-        self.levels.first().map_or(0, Vec::len)
     }
 
     fn checked_size(&self, size: u64) -> Result<usize, MerkleError> {
         usize::try_from(size)
             .ok()
-            .filter(|&size| size <= self.leaf_count())
+            .filter(|&size| size <= self.len)
             .ok_or(MerkleError::TreeSizeOutOfRange {
                 size,
                 len: self.len(),
             })
     }
+}
 
-    fn root_of_prefix(&self, size: usize) -> Hash {
+/// One question to a tree: its kept hashes, where to read entry hashes back, and the last
+/// block read back (a proof's low nodes all sit in one or two blocks).
+struct Query<'t> {
+    tree: &'t MerkleTree,
+    entries: &'t dyn EntryHashes,
+    block: Option<(usize, Vec<Hash>)>,
+}
+
+impl<'t> Query<'t> {
+    fn new(tree: &'t MerkleTree, entries: &'t dyn EntryHashes) -> Query<'t> {
+        Query {
+            tree,
+            entries,
+            block: None,
+        }
+    }
+
+    fn root_of_prefix(&mut self, size: usize) -> Result<Hash, MerkleError> {
         if size == 0 {
-            empty_root()
+            Ok(empty_root())
         } else {
             self.subtree_root(0, size)
         }
     }
 
     /// MTH of leaves `[start, start + size)`, a subtree the RFC recursion visits: `size >= 1`
-    /// and `start` a multiple of `size` rounded up to a power of two. That range is a chain of
-    /// perfect subtrees, one per set bit of `size`, all stored, so this is O(log n).
-    fn subtree_root(&self, start: usize, size: usize) -> Hash {
+    /// and `start` a multiple of `size` rounded up to a power of two. From `BLOCK_LEAVES`
+    /// up, that range is a chain of perfect subtrees, one per set bit of `size`, all kept;
+    /// below, it lies inside one block, whose leaves are at hand or read back.
+    fn subtree_root(&mut self, start: usize, size: usize) -> Result<Hash, MerkleError> {
+        if size < BLOCK_LEAVES {
+            let leaves = self.block_leaves(start)?;
+            let offset = start % BLOCK_LEAVES;
+            return Ok(root_of_leaves(&leaves[offset..offset + size]));
+        }
         if size.is_power_of_two() {
             let height = size.trailing_zeros();
-            let level = usize::try_from(height).expect("a bit position fits in usize");
-            return self.levels[level][start >> height];
+            let level = usize::try_from(height - BLOCK_HEIGHT).expect("a bit position fits");
+            return Ok(self.tree.upper[level][start >> height]);
         }
         let split = split_point(size);
-        node_hash(
-            &self.subtree_root(start, split),
-            &self.subtree_root(start + split, size - split),
-        )
+        Ok(node_hash(
+            &self.subtree_root(start, split)?,
+            &self.subtree_root(start + split, size - split)?,
+        ))
+    }
+
+    /// The leaf hashes of the block holding leaf `leaf`: the tree's own for the last,
+    /// unfinished block; read back (and kept for this query) for any other.
+    fn block_leaves(&mut self, leaf: usize) -> Result<&[Hash], MerkleError> {
+        let block_start = leaf - leaf % BLOCK_LEAVES;
+        if block_start == self.tree.len - self.tree.tail.len() {
+            return Ok(&self.tree.tail);
+        }
+        if self.block.as_ref().map(|(start, _)| *start) != Some(block_start) {
+            let start = u64::try_from(block_start).expect("a usize fits in u64");
+            let leaves: Vec<Hash> = self
+                .entries
+                .entry_hashes(start, BLOCK_LEAVES)
+                .and_then(|hashes| {
+                    if hashes.len() == BLOCK_LEAVES {
+                        Ok(hashes.iter().map(leaf_hash).collect())
+                    } else {
+                        Err(format!("{} entry hashes came back", hashes.len()))
+                    }
+                })
+                .map_err(|reason| MerkleError::EntriesUnreadable { start, reason })?;
+            self.block = Some((block_start, leaves));
+        }
+        Ok(&self.block.as_ref().expect("just read").1)
     }
 
     /// PATH(index, D[start : start + size]) of RFC 9162 §2.1.3.1, appended to `path`.
-    fn push_inclusion_path(&self, index: usize, start: usize, size: usize, path: &mut Vec<Hash>) {
+    fn push_inclusion_path(
+        &mut self,
+        index: usize,
+        start: usize,
+        size: usize,
+        path: &mut Vec<Hash>,
+    ) -> Result<(), MerkleError> {
         if size <= 1 {
-            return;
+            return Ok(());
         }
         let split = split_point(size);
         if index < split {
-            self.push_inclusion_path(index, start, split, path);
-            path.push(self.subtree_root(start + split, size - split));
+            self.push_inclusion_path(index, start, split, path)?;
+            path.push(self.subtree_root(start + split, size - split)?);
         } else {
-            self.push_inclusion_path(index - split, start + split, size - split, path);
-            path.push(self.subtree_root(start, split));
+            self.push_inclusion_path(index - split, start + split, size - split, path)?;
+            path.push(self.subtree_root(start, split)?);
         }
+        Ok(())
     }
 
     /// SUBPROOF(old_size, D[start : start + size], old_root_known) of RFC 9162 §2.1.4.1,
     /// appended to `path`. `old_root_known` is the RFC's `b`: true while the old tree's
     /// root is the current subtree's, which the verifier already holds.
     fn push_subproof(
-        &self,
+        &mut self,
         old_size: usize,
         start: usize,
         size: usize,
         old_root_known: bool,
         path: &mut Vec<Hash>,
-    ) {
+    ) -> Result<(), MerkleError> {
         if old_size == size {
             if !old_root_known {
-                path.push(self.subtree_root(start, size));
+                path.push(self.subtree_root(start, size)?);
             }
-            return;
+            return Ok(());
         }
         let split = split_point(size);
         if old_size <= split {
-            self.push_subproof(old_size, start, split, old_root_known, path);
-            path.push(self.subtree_root(start + split, size - split));
+            self.push_subproof(old_size, start, split, old_root_known, path)?;
+            path.push(self.subtree_root(start + split, size - split)?);
         } else {
-            self.push_subproof(old_size - split, start + split, size - split, false, path);
-            path.push(self.subtree_root(start, split));
+            self.push_subproof(old_size - split, start + split, size - split, false, path)?;
+            path.push(self.subtree_root(start, split)?);
+        }
+        Ok(())
+    }
+}
+
+/// RFC 9162 MTH over leaf hashes (not entry hashes), by the recursive definition.
+fn root_of_leaves(leaves: &[Hash]) -> Hash {
+    match leaves {
+        [] => empty_root(),
+        [leaf] => *leaf,
+        _ => {
+            let (left, right) = leaves.split_at(split_point(leaves.len()));
+            node_hash(&root_of_leaves(left), &root_of_leaves(right))
         }
     }
 }
@@ -302,7 +426,7 @@ impl MerkleTree {
 /// The right edge of a growing tree: the root of each perfect subtree that the tree of
 /// `len` leaves splits into (one per set bit of `len`, largest first). Enough for the root
 /// of everything pushed so far in O(log n) memory, which is all a verifier streaming the
-/// journal needs; [`MerkleTree`] keeps every level to answer proofs.
+/// journal needs; [`MerkleTree`] keeps the levels from 64 leaves up to answer proofs.
 #[derive(Debug, Clone, Default)]
 pub struct MerkleFrontier {
     roots: Vec<Hash>,
@@ -496,12 +620,36 @@ mod tests {
             .collect()
     }
 
-    fn tree_of(entry_hashes: &[Hash]) -> MerkleTree {
+    /// A tree with its entry hashes at hand to read back, as the journal serves them.
+    struct Tree {
+        tree: MerkleTree,
+        entries: Vec<Hash>,
+    }
+
+    impl Tree {
+        fn len(&self) -> u64 {
+            self.tree.len()
+        }
+        fn root_at(&self, size: u64) -> Result<Hash, MerkleError> {
+            self.tree.root_at(size, &self.entries)
+        }
+        fn inclusion_proof(&self, index: u64, size: u64) -> Result<Vec<Hash>, MerkleError> {
+            self.tree.inclusion_proof(index, size, &self.entries)
+        }
+        fn consistency_proof(&self, from: u64, to: u64) -> Result<Vec<Hash>, MerkleError> {
+            self.tree.consistency_proof(from, to, &self.entries)
+        }
+    }
+
+    fn tree_of(entry_hashes: &[Hash]) -> Tree {
         let mut tree = MerkleTree::new();
         for entry_hash in entry_hashes {
             tree.push(*entry_hash);
         }
-        tree
+        Tree {
+            tree,
+            entries: entry_hashes.to_vec(),
+        }
     }
 
     fn vector_u64(value: &Value, name: &str) -> u64 {
@@ -713,6 +861,83 @@ mod tests {
         }
     }
 
+    /// The whole tree's root comes from what the tree keeps, at every size (blocks
+    /// finished or not), and the tree keeps about one hash in 32 of its leaves.
+    #[test]
+    fn the_root_reads_nothing_back_and_memory_is_a_block_per_level() {
+        let leaves = distinct_entry_hashes(5 * BLOCK_LEAVES + 9, 4);
+        let mut tree = MerkleTree::new();
+        for size in 0..=leaves.len() {
+            assert_eq!(tree.root(), root_of(&leaves[..size]), "size {size}");
+            if let Some(entry_hash) = leaves.get(size) {
+                tree.push(*entry_hash);
+            }
+        }
+        let kept: usize = tree.upper.iter().map(Vec::len).sum::<usize>() + tree.tail.len();
+        assert!(
+            kept <= leaves.len() / 32 + BLOCK_LEAVES,
+            "{kept} hashes kept"
+        );
+    }
+
+    /// Entry hashes read back from a journal that counts its reads: a proof or an old
+    /// root reads at most two blocks; a journal that fails, or gives back too few, is an
+    /// error naming the block.
+    #[test]
+    fn proofs_read_back_at_most_two_blocks_and_name_what_failed() {
+        struct Counted {
+            entries: Vec<Hash>,
+            reads: std::cell::Cell<usize>,
+            short: bool,
+        }
+        impl EntryHashes for Counted {
+            fn entry_hashes(&self, start: u64, count: usize) -> Result<Vec<Hash>, String> {
+                self.reads.set(self.reads.get() + 1);
+                let mut hashes = self.entries.entry_hashes(start, count)?;
+                if self.short {
+                    hashes.pop();
+                }
+                Ok(hashes)
+            }
+        }
+        let leaves = distinct_entry_hashes(7 * BLOCK_LEAVES + 5, 5);
+        let tree = tree_of(&leaves).tree;
+        let journal = Counted {
+            entries: leaves.clone(),
+            reads: std::cell::Cell::new(0),
+            short: false,
+        };
+        let n = to_u64(leaves.len());
+        for (index, size) in [(0, n), (100, 300), (n - 1, n), (64, 65), (130, 200)] {
+            journal.reads.set(0);
+            tree.inclusion_proof(index, size, &journal).unwrap();
+            assert!(journal.reads.get() <= 2, "{index} in {size}");
+        }
+        for (from, to) in [(1, n), (65, 129), (100, 300), (200, n)] {
+            journal.reads.set(0);
+            tree.consistency_proof(from, to, &journal).unwrap();
+            assert!(journal.reads.get() <= 2, "{from} to {to}");
+            journal.reads.set(0);
+            assert_eq!(
+                tree.root_at(from, &journal),
+                Ok(root_of(&leaves[..to_usize(from)]))
+            );
+            assert!(journal.reads.get() <= 1, "root at {from}");
+        }
+        let short = Counted {
+            short: true,
+            ..journal
+        };
+        assert!(matches!(
+            tree.inclusion_proof(3, 200, &short),
+            Err(MerkleError::EntriesUnreadable { start: 0, .. })
+        ));
+        assert!(matches!(
+            tree.root_at(200, &NothingToReadBack),
+            Err(MerkleError::EntriesUnreadable { start: 192, .. })
+        ));
+    }
+
     #[test]
     fn out_of_range_requests_are_errors() {
         let tree = tree_of(&vector_entry_hashes());
@@ -828,8 +1053,12 @@ mod tests {
         u64::try_from(n).expect("test sizes are small")
     }
 
+    fn to_usize(n: u64) -> usize {
+        usize::try_from(n).expect("test sizes are small")
+    }
+
     /// Checks one inclusion proof against the model and both verifier outcomes.
-    fn check_inclusion(tree: &MerkleTree, leaves: &[Hash], index: usize, size: usize) {
+    fn check_inclusion(tree: &Tree, leaves: &[Hash], index: usize, size: usize) {
         let path = tree
             .inclusion_proof(to_u64(index), to_u64(size))
             .expect("in range");
@@ -854,7 +1083,7 @@ mod tests {
     }
 
     /// Checks one consistency proof against the model and both verifier outcomes.
-    fn check_consistency(tree: &MerkleTree, leaves: &[Hash], from: usize, to: usize) {
+    fn check_consistency(tree: &Tree, leaves: &[Hash], from: usize, to: usize) {
         let path = tree
             .consistency_proof(to_u64(from), to_u64(to))
             .expect("in range");

@@ -450,3 +450,52 @@ fn concurrent_holds_never_reserve_more_than_the_credit() {
         Some(yuan("10"))
     );
 }
+
+/// Proofs from the ledger, whose tree reads the entry hashes of finished 64-entry blocks
+/// back from the journal: they verify against roots computed from every entry, for leaves
+/// and sizes in finished blocks and in the last one, and again after reopening.
+#[test]
+fn proofs_over_finished_blocks_verify_against_the_whole_journal() {
+    use ledger_core::merkle::{root_of, verify_consistency, verify_inclusion};
+    let f = fixture();
+    for i in 0..150 {
+        ok(&f.ledger, &format!("i{i}"), issue(&format!("E{i}"), "10"));
+    }
+    let check = |ledger: &Ledger| {
+        let hashes: Vec<_> = (0..150)
+            .map(|seq| ledger.entry(seq).unwrap().unwrap().hash)
+            .collect();
+        for (seq, size) in [
+            (0u64, 150u64),
+            (3, 150),
+            (63, 64),
+            (64, 129),
+            (100, 130),
+            (149, 150),
+        ] {
+            let path = ledger.inclusion_proof(seq, size).unwrap();
+            let root = root_of(&hashes[..size as usize]);
+            assert!(
+                verify_inclusion(&hashes[seq as usize], seq, size, &path, &root),
+                "{seq} in {size}"
+            );
+            assert_eq!(ledger.root_at(size).unwrap(), root);
+        }
+        for (from, to) in [(1u64, 150u64), (10, 150), (64, 128), (70, 140), (130, 150)] {
+            let path = ledger.consistency_proof(from, to).unwrap();
+            let (old, new) = (
+                root_of(&hashes[..from as usize]),
+                root_of(&hashes[..to as usize]),
+            );
+            assert!(
+                verify_consistency(from, to, &old, &new, &path),
+                "{from} to {to}"
+            );
+        }
+        assert_eq!(ledger.checkpoint().root_hash, hex::encode(root_of(&hashes)));
+    };
+    check(&f.ledger);
+    let Fixture { dir, clock, ledger } = f;
+    drop(ledger);
+    check(&Ledger::open(dir.path(), clock, Verify::Full).unwrap());
+}

@@ -28,8 +28,13 @@ pub fn router() -> OpenApiRouter<AppState> {
 
 const AUDIT_ROLES: &[Role] = &[Role::Auditor, Role::CityAdmin];
 
+/// A size or index out of range is the caller's (422 on `tree_size`); a journal that cannot
+/// give back the entry hashes a proof needs is the server's (500).
 fn merkle_error(e: MerkleError) -> ApiError {
-    ApiError::field("tree_size", e)
+    match e {
+        MerkleError::EntriesUnreadable { .. } => ApiError::internal(e),
+        _ => ApiError::field("tree_size", e),
+    }
 }
 
 #[utoipa::path(get, path = "/v1/audit/public-key", responses((status = 200, description = "The ledger's Ed25519 public key")))]
