@@ -373,8 +373,18 @@ fn checkpoint_loop(
     }
 }
 
-/// The first 128 bits of SHA-256 over a kind byte and a key.
-type KeyHash = u128;
+/// The first 128 bits of SHA-256 over a kind byte and a key, as two words: a `u128` is
+/// aligned to 16 bytes, which made each index entry (hash and chunk number) 32 bytes
+/// instead of 24.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct KeyHash([u64; 2]);
+
+impl std::hash::Hash for KeyHash {
+    /// The low word alone: the bits of a SHA-256 prefix are uniform already (`KeyHasher`).
+    fn hash<H: std::hash::Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0[1]);
+    }
+}
 
 /// A key that fits one block with its kind byte (most do) is hashed by one call of the
 /// compression function (`merkle::sha256_of_padded`); `ring::digest::Context` cost more in
@@ -392,12 +402,17 @@ fn key_hash(kind: u8, k: &[u8]) -> KeyHash {
                 .into()
         }
     };
-    let mut first = [0u8; 16];
-    first.copy_from_slice(&digest[..16]);
-    u128::from_be_bytes(first)
+    let word = |at: usize| {
+        u64::from_be_bytes(
+            digest[at..at + 8]
+                .try_into()
+                .expect("8 of the digest's 32 bytes"),
+        )
+    };
+    KeyHash([word(0), word(8)])
 }
 
-/// Hashes a `KeyHash` (already uniform) by taking its low 64 bits.
+/// Hashes a `KeyHash` (already uniform) by taking its low word as it is.
 #[derive(Default)]
 struct KeyHasher(u64);
 
@@ -410,11 +425,8 @@ impl std::hash::Hasher for KeyHasher {
             self.0 = self.0.rotate_left(8) ^ u64::from(b);
         }
     }
-    fn write_u128(&mut self, n: u128) {
-        // Truncation intended: the low 64 bits of a SHA-256 prefix are uniform.
-        #[allow(clippy::cast_possible_truncation)]
-        let low = n as u64;
-        self.0 = low;
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
     }
 }
 
@@ -1325,8 +1337,17 @@ mod tests {
             message.extend_from_slice(&k);
             let digest = ring::digest::digest(&ring::digest::SHA256, &message);
             let first: [u8; 16] = digest.as_ref()[..16].try_into().unwrap();
-            proptest::prop_assert_eq!(key_hash(kind, &k), u128::from_be_bytes(first));
+            let expected = u128::from_be_bytes(first);
+            #[allow(clippy::cast_possible_truncation)]
+            let words = [(expected >> 64) as u64, expected as u64];
+            proptest::prop_assert_eq!(key_hash(kind, &k), KeyHash(words));
         }
+    }
+
+    /// An index entry is a key hash and a chunk number in 24 bytes (a `u128` hash made it 32).
+    #[test]
+    fn an_index_entry_is_24_bytes() {
+        assert_eq!(std::mem::size_of::<(KeyHash, u64)>(), 24);
     }
 
     #[test]
