@@ -188,8 +188,12 @@ impl EntryHashes for JournalHashes<'_> {
             .0
             .entries_from(start)
             .take(count)
-            .map(|item| {
+            .zip(start..)
+            .map(|(item, expected)| {
                 let (seq, line) = item.map_err(|e| e.to_string())?;
+                if seq != expected {
+                    return Err(format!("seq {seq} stands where {expected} should"));
+                }
                 match crate::journal::EntryView::parse_exact(&line) {
                     Some(view) => Ok(view.hash),
                     None => Entry::parse_line(&line)

@@ -336,7 +336,9 @@ impl<'t> Query<'t> {
     }
 
     /// The leaf hashes of the block holding leaf `leaf`: the tree's own for the last,
-    /// unfinished block; read back (and kept for this query) for any other.
+    /// unfinished block; read back (and kept for this query) for any other. What is read
+    /// back must hash to the block's root, which the tree keeps: a journal that gives back
+    /// other, shifted or reordered hashes is refused, not turned into a wrong proof.
     fn block_leaves(&mut self, leaf: usize) -> Result<&[Hash], MerkleError> {
         let block_start = leaf - leaf % BLOCK_LEAVES;
         if block_start == self.tree.len - self.tree.tail.len() {
@@ -348,10 +350,15 @@ impl<'t> Query<'t> {
                 .entries
                 .entry_hashes(start, BLOCK_LEAVES)
                 .and_then(|hashes| {
-                    if hashes.len() == BLOCK_LEAVES {
-                        Ok(hashes.iter().map(leaf_hash).collect())
+                    if hashes.len() != BLOCK_LEAVES {
+                        return Err(format!("{} entry hashes came back", hashes.len()));
+                    }
+                    let leaves: Vec<Hash> = hashes.iter().map(leaf_hash).collect();
+                    let kept = self.tree.upper[0][block_start / BLOCK_LEAVES];
+                    if root_of_leaves(&leaves) == kept {
+                        Ok(leaves)
                     } else {
-                        Err(format!("{} entry hashes came back", hashes.len()))
+                        Err("the entry hashes read back are not the block's".into())
                     }
                 })
                 .map_err(|reason| MerkleError::EntriesUnreadable { start, reason })?;
@@ -936,6 +943,54 @@ mod tests {
             tree.root_at(200, &NothingToReadBack),
             Err(MerkleError::EntriesUnreadable { start: 192, .. })
         ));
+    }
+
+    /// Trees whose length is at or next to a block boundary (the last block empty, one
+    /// leaf, or one short): every root, and every proof at sizes near a boundary, match
+    /// the naive definitions.
+    #[test]
+    fn proofs_around_block_boundaries_match_the_model() {
+        let leaves = distinct_entry_hashes(2 * BLOCK_LEAVES + 1, 6);
+        let near = |n: usize| n % BLOCK_LEAVES <= 1 || n % BLOCK_LEAVES == BLOCK_LEAVES - 1;
+        for length in (1..=leaves.len()).filter(|&n| near(n)) {
+            let tree = tree_of(&leaves[..length]);
+            for size in 0..=length {
+                assert_eq!(tree.root_at(to_u64(size)), Ok(root_of(&leaves[..size])));
+            }
+            for size in (1..=length).filter(|&n| near(n) || n == length) {
+                for index in 0..size {
+                    check_inclusion(&tree, &leaves, index, size);
+                }
+            }
+            for from in 1..=length {
+                check_consistency(&tree, &leaves, from, length);
+            }
+        }
+    }
+
+    /// A journal that gives back a full block of the wrong hashes (here shifted by one)
+    /// is refused with the block named, not turned into a proof that fails to verify.
+    #[test]
+    fn hashes_read_back_must_hash_to_the_kept_block_root() {
+        struct Shifted(Vec<Hash>);
+        impl EntryHashes for Shifted {
+            fn entry_hashes(&self, start: u64, count: usize) -> Result<Vec<Hash>, String> {
+                self.0.entry_hashes(start + 1, count)
+            }
+        }
+        let leaves = distinct_entry_hashes(150, 7);
+        let tree = tree_of(&leaves).tree;
+        let shifted = Shifted(leaves.clone());
+        for result in [
+            tree.inclusion_proof(3, 150, &shifted),
+            tree.consistency_proof(70, 150, &shifted),
+            tree.root_at(100, &shifted).map(|root| vec![root]),
+        ] {
+            assert!(
+                matches!(result, Err(MerkleError::EntriesUnreadable { .. })),
+                "{result:?}"
+            );
+        }
     }
 
     #[test]

@@ -458,20 +458,18 @@ fn concurrent_holds_never_reserve_more_than_the_credit() {
 fn proofs_over_finished_blocks_verify_against_the_whole_journal() {
     use ledger_core::merkle::{root_of, verify_consistency, verify_inclusion};
     let f = fixture();
-    for i in 0..150 {
-        ok(&f.ledger, &format!("i{i}"), issue(&format!("E{i}"), "10"));
-    }
     let check = |ledger: &Ledger| {
-        let hashes: Vec<_> = (0..150)
+        let len = ledger.tree_size();
+        let hashes: Vec<_> = (0..len)
             .map(|seq| ledger.entry(seq).unwrap().unwrap().hash)
             .collect();
         for (seq, size) in [
-            (0u64, 150u64),
-            (3, 150),
+            (0u64, len),
+            (3, len),
             (63, 64),
-            (64, 129),
-            (100, 130),
-            (149, 150),
+            (64, 128),
+            (100, 128),
+            (len - 1, len),
         ] {
             let path = ledger.inclusion_proof(seq, size).unwrap();
             let root = root_of(&hashes[..size as usize]);
@@ -481,7 +479,7 @@ fn proofs_over_finished_blocks_verify_against_the_whole_journal() {
             );
             assert_eq!(ledger.root_at(size).unwrap(), root);
         }
-        for (from, to) in [(1u64, 150u64), (10, 150), (64, 128), (70, 140), (130, 150)] {
+        for (from, to) in [(1u64, len), (10, len), (64, 128), (70, 128), (127, len)] {
             let path = ledger.consistency_proof(from, to).unwrap();
             let (old, new) = (
                 root_of(&hashes[..from as usize]),
@@ -494,8 +492,63 @@ fn proofs_over_finished_blocks_verify_against_the_whole_journal() {
         }
         assert_eq!(ledger.checkpoint().root_hash, hex::encode(root_of(&hashes)));
     };
-    check(&f.ledger);
+    // At 128 entries the last block is empty; at 150 it holds 22.
+    for count in [128, 150] {
+        while f.ledger.tree_size() < count {
+            let i = f.ledger.tree_size();
+            ok(&f.ledger, &format!("i{i}"), issue(&format!("E{i}"), "10"));
+        }
+        check(&f.ledger);
+    }
     let Fixture { dir, clock, ledger } = f;
     drop(ledger);
     check(&Ledger::open(dir.path(), clock, Verify::Full).unwrap());
+}
+
+/// Proofs asked for on another thread while commands commit (a proof reads the journal
+/// back under the state's read lock): every one verifies against the checkpoint it was
+/// asked for, and the commands all commit.
+#[test]
+fn proofs_asked_for_while_commands_commit_verify() {
+    use ledger_core::merkle::{verify_consistency, verify_inclusion};
+    let f = fixture();
+    for i in 0..130 {
+        ok(&f.ledger, &format!("i{i}"), issue(&format!("E{i}"), "10"));
+    }
+    let done = std::sync::atomic::AtomicBool::new(false);
+    std::thread::scope(|scope| {
+        let ledger = &f.ledger;
+        let done = &done;
+        scope.spawn(move || {
+            for i in 130..400 {
+                ok(ledger, &format!("i{i}"), issue(&format!("E{i}"), "10"));
+            }
+            done.store(true, std::sync::atomic::Ordering::SeqCst);
+        });
+        let mut proofs = 0;
+        while !done.load(std::sync::atomic::Ordering::SeqCst) || proofs < 10 {
+            let checkpoint = ledger.checkpoint();
+            let size = checkpoint.tree_size;
+            let root: [u8; 32] = hex::decode(&checkpoint.root_hash)
+                .unwrap()
+                .try_into()
+                .unwrap();
+            let seq = proofs % size;
+            let hash = ledger.entry(seq).unwrap().unwrap().hash;
+            let path = ledger.inclusion_proof(seq, size).unwrap();
+            assert!(
+                verify_inclusion(&hash, seq, size, &path, &root),
+                "{seq} in {size}"
+            );
+            let from = 1 + (proofs * 7) % size;
+            let old = ledger.root_at(from).unwrap();
+            let path = ledger.consistency_proof(from, size).unwrap();
+            assert!(
+                verify_consistency(from, size, &old, &root, &path),
+                "{from} to {size}"
+            );
+            proofs += 1;
+        }
+    });
+    assert_eq!(f.ledger.tree_size(), 400);
 }

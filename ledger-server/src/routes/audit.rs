@@ -33,7 +33,10 @@ const AUDIT_ROLES: &[Role] = &[Role::Auditor, Role::CityAdmin];
 fn merkle_error(e: MerkleError) -> ApiError {
     match e {
         MerkleError::EntriesUnreadable { .. } => ApiError::internal(e),
-        _ => ApiError::field("tree_size", e),
+        MerkleError::TreeSizeOutOfRange { .. }
+        | MerkleError::LeafIndexOutOfRange { .. }
+        | MerkleError::EmptyOldTree
+        | MerkleError::OldTreeLarger { .. } => ApiError::field("tree_size", e),
     }
 }
 
@@ -96,9 +99,12 @@ async fn inclusion(
     Params(q): Params<InclusionQuery>,
 ) -> Result<Json<Value>, ApiError> {
     p.require(AUDIT_ROLES)?;
-    let path = s
-        .ledger
-        .inclusion_proof(q.seq, q.tree_size)
+    // A proof may read entry hashes back from the journal: off the async workers.
+    let ledger = s.ledger.clone();
+    let (seq, size) = (q.seq, q.tree_size);
+    let path = tokio::task::spawn_blocking(move || ledger.inclusion_proof(seq, size))
+        .await
+        .map_err(ApiError::internal)?
         .map_err(merkle_error)?;
     Ok(Json(json!({"leaf_index": q.seq, "tree_size": q.tree_size,
         "path": path.iter().map(hex::encode).collect::<Vec<_>>()})))
@@ -118,9 +124,11 @@ async fn consistency(
     Params(q): Params<ConsistencyQuery>,
 ) -> Result<Json<Value>, ApiError> {
     p.require(AUDIT_ROLES)?;
-    let path = s
-        .ledger
-        .consistency_proof(q.from, q.to)
+    let ledger = s.ledger.clone();
+    let (from, to) = (q.from, q.to);
+    let path = tokio::task::spawn_blocking(move || ledger.consistency_proof(from, to))
+        .await
+        .map_err(ApiError::internal)?
         .map_err(merkle_error)?;
     Ok(Json(
         json!({"from": q.from, "to": q.to, "path": path.iter().map(hex::encode).collect::<Vec<_>>()}),
