@@ -196,7 +196,7 @@ impl EntryHashes for JournalHashes<'_> {
                 }
                 match crate::journal::EntryView::parse_exact(&line) {
                     Some(view) => Ok(view.hash),
-                    None => Entry::parse_line(&line)
+                    None => Entry::parse_line_by_serde(&line)
                         .map(|entry| entry.hash)
                         .map_err(|e| format!("seq {seq}: {e}")),
                 }

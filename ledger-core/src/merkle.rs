@@ -184,7 +184,6 @@ pub struct MerkleTree {
     upper: Vec<Vec<Hash>>,
     /// The leaf hashes of the last block, while it has fewer than `BLOCK_LEAVES`.
     tail: Vec<Hash>,
-    len: usize,
 }
 
 impl MerkleTree {
@@ -196,7 +195,6 @@ impl MerkleTree {
     /// leaves, then completes one perfect subtree per trailing one bit of the blocks' count.
     pub fn push(&mut self, entry_hash: Hash) {
         self.tail.push(leaf_hash(&entry_hash));
-        self.len += 1;
         if self.tail.len() < BLOCK_LEAVES {
             return;
         }
@@ -218,17 +216,26 @@ impl MerkleTree {
 
     /// Number of leaves.
     pub fn len(&self) -> u64 {
-        u64::try_from(self.len).expect("a usize fits in u64 on every target Rust supports")
+        u64::try_from(self.leaf_count()).expect("a usize fits in u64 on every target Rust supports")
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.leaf_count() == 0
+    }
+
+    /// Every finished block's root is the first kept level; the tail is the rest.
+    fn leaf_count(&self) -> usize {
+        self.finished_leaves() + self.tail.len()
+    }
+
+    fn finished_leaves(&self) -> usize {
+        self.upper.first().map_or(0, Vec::len) * BLOCK_LEAVES
     }
 
     /// Root of the whole tree, from what the tree keeps (no entry is read back).
     pub fn root(&self) -> Hash {
         Query::new(self, &NothingToReadBack)
-            .root_of_prefix(self.len)
+            .root_of_prefix(self.leaf_count())
             .expect("the last block's leaves are kept, so the root reads nothing back")
     }
 
@@ -280,7 +287,7 @@ impl MerkleTree {
     fn checked_size(&self, size: u64) -> Result<usize, MerkleError> {
         usize::try_from(size)
             .ok()
-            .filter(|&size| size <= self.len)
+            .filter(|&size| size <= self.leaf_count())
             .ok_or(MerkleError::TreeSizeOutOfRange {
                 size,
                 len: self.len(),
@@ -341,7 +348,7 @@ impl<'t> Query<'t> {
     /// other, shifted or reordered hashes is refused, not turned into a wrong proof.
     fn block_leaves(&mut self, leaf: usize) -> Result<&[Hash], MerkleError> {
         let block_start = leaf - leaf % BLOCK_LEAVES;
-        if block_start == self.tree.len - self.tree.tail.len() {
+        if block_start == self.tree.finished_leaves() {
             return Ok(&self.tree.tail);
         }
         if self.block.as_ref().map(|(start, _)| *start) != Some(block_start) {
